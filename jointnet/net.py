@@ -1,0 +1,500 @@
+"""The core value: `JointNet`, an immutable, versioned DAG of layer nodes with task routes.
+
+Vocabulary:
+
+- A **node** is one layer instance (`Node`): a layer spec, the parameters it holds (`Param`, each
+  a reference to a tensor in a `ParamStore` by a stable key), channel groups grown by `widen`,
+  per-task masks, and annotations.
+- A **route** is the set of edges a task's forward pass follows. Every edge carries the tasks
+  routed along it and a `port` (operand position for merge nodes). When routes of different
+  tasks meet at a node, its in-edges are alternatives per task, never summed.
+- **Ownership** is derived from routes (a node's users are the tasks routed through it) and,
+  at finer grain, from `Param.owner` / `Param.task` (parameter) and `Group.owner` (channels).
+
+A `JointNet` never changes: rewrites (`jointnet.rewrite`) return a new one with `version + 1`
+and one more log record. Old versions stay valid values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import attrs
+import networkx as nx
+
+from jointnet.errors import InvariantError
+from jointnet.frozen import FrozenDict
+from jointnet.layers import Layer
+
+__all__ = [
+    "Init",
+    "Group",
+    "Param",
+    "Mask",
+    "Node",
+    "TaskInfo",
+    "NodePolicy",
+    "TensorRef",
+    "Record",
+    "Log",
+    "JointNet",
+]
+
+
+@attrs.frozen
+class Init:
+    """How a parameter tensor is made when a store realizes a net.
+
+    kind: ``fresh`` (scheme ``kaiming`` / ``fan_in_uniform`` / ``zeros`` / ``ones``, seeded from
+    the store seed and the key, so realization order does not matter), ``copy`` (a clone of the
+    tensor under `src`), or ``threshold`` (``(transform(src) > value)`` as 0/1 floats, for
+    committing masks).
+    """
+
+    kind: str = attrs.field(validator=attrs.validators.in_(("fresh", "copy", "threshold")))
+    scheme: str = "zeros"
+    fan_in: int = 1
+    src: str | None = None
+    value: float = 0.0
+
+    @classmethod
+    def fresh(cls, scheme: str, fan_in: int = 1) -> "Init":
+        return cls("fresh", scheme=scheme, fan_in=fan_in)
+
+    @classmethod
+    def copy(cls, src: str) -> "Init":
+        return cls("copy", src=src)
+
+
+@attrs.frozen
+class TensorRef:
+    """An annotation value that points at a tensor in the parameter store (e.g. SPG importance)."""
+
+    key: str
+
+
+@attrs.frozen
+class Group:
+    """A block of output channels grown by `widen`, owned by `owner` and created at a version.
+
+    A group is visible to a task iff the task's route goes through a producer holding the group
+    and the task is its owner or was added after the group was created: widening never changes
+    what an existing task computes, except the owner's.
+    """
+
+    id: str
+    size: int
+    owner: str
+    created_at: int
+
+
+@attrs.frozen
+class Param:
+    """One tensor of a node: a block of a logical parameter (``weight``, ``bias``, ...).
+
+    `block` = (out group id, in group id), None meaning the node's base channels. `task` set means
+    a per-task variant used instead of the shared one by that task only (per-task BN, generator
+    tensors). `owner` is the task that owns the tensor; None means "whoever uses the node".
+    """
+
+    name: str
+    key: str
+    shape: tuple[int, ...] = attrs.field(converter=lambda s: tuple(int(v) for v in s))
+    init: Init
+    owner: str | None = None
+    task: str | None = None
+    block: tuple[str | None, str | None] = (None, None)
+    buffer: bool = False
+    annotations: FrozenDict = FrozenDict()
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@attrs.frozen
+class Mask:
+    """A per-task multiplicative mask over a node's parameter `param` (default ``weight``).
+
+    granularity: ``param`` (one value per element), ``kernel`` (per (out, in) pair, conv) or
+    ``channel`` (per output channel). transform: how the stored tensor becomes the multiplier
+    (``identity``, ``sigmoid``, ``hard`` = step at 0). A ``live`` mask is trainable; `commit_mask`
+    makes a ``committed`` 0/1 buffer. `shape` is the mask tensor's shape, fixed when it was
+    attached; channels grown later are left unmasked.
+    """
+
+    task: str
+    param: str
+    key: str
+    granularity: str
+    transform: str
+    state: str
+    shape: tuple[int, ...] = attrs.field(converter=lambda s: tuple(int(v) for v in s))
+    init: Init = Init("fresh", scheme="ones")
+
+
+@attrs.frozen
+class Node:
+    """One layer instance in the graph."""
+
+    id: str
+    spec: Layer
+    params: tuple[Param, ...] = ()
+    out_groups: tuple[Group, ...] = ()
+    in_groups: tuple[Group, ...] = ()
+    masks: tuple[Mask, ...] = ()
+    annotations: FrozenDict = FrozenDict()
+    cloned_from: str | None = None
+    created_by: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    def param(self, name: str, block=(None, None), task: str | None = None) -> Param | None:
+        for p in self.params:
+            if p.name == name and p.block == block and p.task == task:
+                return p
+        return None
+
+    def mask(self, task: str, param: str = "weight") -> Mask | None:
+        for m in self.masks:
+            if m.task == task and m.param == param:
+                return m
+        return None
+
+    def base_width(self, axis: str) -> int:
+        """Channels of the node that belong to no grown group (axis ``out`` or ``in``)."""
+        groups = self.out_groups if axis == "out" else self.in_groups
+        return _width(self.spec, axis) - sum(g.size for g in groups)
+
+
+def _width(spec: Layer, axis: str) -> int:
+    names = ("out_ch", "out_f", "num_features") if axis == "out" else ("in_ch", "in_f", "num_features")
+    for n in names:
+        if hasattr(spec, n):
+            return getattr(spec, n)
+    return 0
+
+
+@attrs.frozen
+class TaskInfo:
+    """A registered task: its input node, its head (None while the route is being built), and
+    the version at which it was added (channel groups created later are visible to it)."""
+
+    name: str
+    input: str
+    added_at: int
+    head: str | None = None
+    annotations: FrozenDict = FrozenDict()
+
+
+@attrs.frozen
+class NodePolicy:
+    """How a node trains for a task: frozen or not, and a learning-rate scale."""
+
+    frozen: bool = False
+    lr_scale: float = 1.0
+
+
+DEFAULT_POLICY = NodePolicy()
+
+
+@attrs.frozen
+class Record:
+    """One log entry: a rewrite's registered name and its keyword arguments."""
+
+    name: str
+    kwargs: FrozenDict
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"{self.name}({args})"
+
+
+class Log:
+    """A persistent, append-only sequence of `Record`s: appending is O(1) and shares the past."""
+
+    __slots__ = ("_prev", "_rec", "_len")
+
+    def __init__(self, prev: "Log | None" = None, rec: Record | None = None):
+        self._prev = prev
+        self._rec = rec
+        self._len = 0 if prev is None else len(prev) + 1
+
+    def append(self, rec: Record) -> "Log":
+        return Log(self, rec)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[Record]:
+        out = []
+        node = self
+        while node._prev is not None:
+            out.append(node._rec)
+            node = node._prev
+        return iter(reversed(out))
+
+    def __getitem__(self, i: int) -> Record:
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(i)
+        node = self
+        for _ in range(self._len - 1 - i):
+            node = node._prev
+        return node._rec
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Log):
+            return NotImplemented
+        return len(self) == len(other) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Log({list(self)!r})"
+
+    @classmethod
+    def of(cls, records: Iterable[Record]) -> "Log":
+        log = cls()
+        for r in records:
+            log = log.append(r)
+        return log
+
+
+_uids = itertools.count()
+
+
+def _lineage(parent: str, rec: Record) -> str:
+    h = hashlib.blake2b(digest_size=6)
+    h.update(parent.encode())
+    h.update(repr(rec).encode())
+    return h.hexdigest()
+
+
+@attrs.frozen(eq=False)
+class JointNet:
+    """An immutable, versioned JointNet.
+
+    Attributes:
+        graph: a frozen ``nx.DiGraph``; node attribute ``n`` holds the `Node`, edge attributes
+            ``tasks`` (frozenset) and ``port`` (int).
+        tasks: `FrozenDict` name -> `TaskInfo`, in the order tasks were added.
+        policy: `FrozenDict` (task or None, node) -> `NodePolicy`; None means every task.
+        annotations: net-level annotations.
+        version: number of rewrites applied since the empty net.
+        log: the rewrites, as a `Log` of `Record`s.
+        lineage: a digest of the whole history; fresh parameter keys include it, so two branches
+            of one net never give the same key two meanings.
+
+    >>> JointNet.empty()
+    JointNet(version=0, tasks=(), nodes=0)
+    """
+
+    graph: nx.DiGraph
+    tasks: FrozenDict = FrozenDict()
+    policy: FrozenDict = FrozenDict()
+    annotations: FrozenDict = FrozenDict()
+    version: int = 0
+    log: Log = attrs.field(factory=Log)
+    lineage: str = "root"
+    uid: int = attrs.field(factory=lambda: next(_uids))
+    _cache: dict = attrs.field(factory=dict, repr=False)
+
+    @classmethod
+    def empty(cls) -> "JointNet":
+        return cls(nx.freeze(nx.DiGraph()))
+
+    # ---- nodes and edges ----------------------------------------------------------------------
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.graph
+
+    def node(self, node_id: str) -> Node:
+        """The `Node` with id `node_id` (KeyError if absent)."""
+        return self.graph.nodes[node_id]["n"]
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self.graph.nodes)
+
+    def edges(self, task: str | None = None) -> list[tuple[str, str, FrozenDict]]:
+        """Edges as (src, dst, data); only `task`'s route when `task` is given."""
+        out = []
+        for u, v, d in self.graph.edges(data=True):
+            if task is None or task in d["tasks"]:
+                out.append((u, v, d))
+        return out
+
+    def users(self, node_id: str) -> frozenset[str]:
+        """The tasks routed through `node_id` (its route-level owners)."""
+        return self._users().get(node_id, frozenset())
+
+    def _users(self) -> dict[str, frozenset[str]]:
+        if "users" not in self._cache:
+            users: dict[str, set[str]] = {n: set() for n in self.graph}
+            for u, v, d in self.graph.edges(data=True):
+                users[u] |= d["tasks"]
+                users[v] |= d["tasks"]
+            for t, info in self.tasks.items():
+                users[info.input].add(t)
+            self._cache["users"] = {n: frozenset(s) for n, s in users.items()}
+        return self._cache["users"]
+
+    # ---- routes -------------------------------------------------------------------------------
+
+    def route(self, task: str) -> list[str]:
+        """The nodes of `task`'s route in topological order, input first, head last."""
+        key = ("route", task)
+        if key not in self._cache:
+            info = self.tasks[task]
+            sub = nx.DiGraph()
+            sub.add_node(info.input)
+            sub.add_edges_from((u, v) for u, v, _ in self.edges(task))
+            self._cache[key] = list(nx.lexicographical_topological_sort(sub))
+        return self._cache[key]
+
+    def inputs_of(self, node_id: str, task: str) -> list[str]:
+        """The predecessors feeding `node_id` on `task`'s route, in port order."""
+        ins = [
+            (d["port"], u)
+            for u, _, d in self.graph.in_edges(node_id, data=True)
+            if task in d["tasks"]
+        ]
+        return [u for _, u in sorted(ins)]
+
+    def task_order(self, task: str) -> int:
+        return list(self.tasks).index(task)
+
+    # ---- policy -------------------------------------------------------------------------------
+
+    def policy_for(self, task: str, node_id: str) -> NodePolicy:
+        """The train policy of `node_id` when training `task` (task entry, then all-task entry)."""
+        p = self.policy.get((task, node_id))
+        if p is None:
+            p = self.policy.get((None, node_id), DEFAULT_POLICY)
+        return p
+
+    # ---- channel groups -----------------------------------------------------------------------
+
+    def route_groups(self, task: str) -> frozenset[str]:
+        key = ("groups", task)
+        if key not in self._cache:
+            ids = set()
+            for n in self.route(task):
+                ids.update(g.id for g in self.node(n).out_groups)
+            self._cache[key] = frozenset(ids)
+        return self._cache[key]
+
+    def group_visible(self, task: str, group: Group) -> bool:
+        """Whether `task` computes the channels of `group` (see `Group`)."""
+        if group.id not in self.route_groups(task):
+            return False
+        return group.owner == task or self.tasks[task].added_at > group.created_at
+
+    def visible_groups(self, task: str, node_id: str, axis: str) -> list[str | None]:
+        """The group ids `task` sees on `node_id` along `axis` (``out``/``in``), base (None) first."""
+        n = self.node(node_id)
+        groups = n.out_groups if axis == "out" else n.in_groups
+        return [None] + [g.id for g in groups if self.group_visible(task, g)]
+
+    def effective_spec(self, task: str, node_id: str) -> Layer:
+        """The node's spec as `task` sees it: widths cut to the channel groups it sees."""
+        n = self.node(node_id)
+        if not (n.out_groups or n.in_groups):
+            return n.spec
+        hidden_out = sum(g.size for g in n.out_groups if not self.group_visible(task, g))
+        hidden_in = sum(g.size for g in n.in_groups if not self.group_visible(task, g))
+        if n.spec.kind == "BatchNorm":
+            return attrs.evolve(n.spec, num_features=n.spec.num_features - hidden_out)
+        return n.spec.widened(out=-hidden_out, in_=-hidden_in)
+
+    def params_for(self, task: str, node_id: str) -> dict[str, list[list[Param]]]:
+        """The parameter blocks `task` uses on `node_id`, as a grid per logical parameter.
+
+        Rows follow the visible out groups, columns the visible in groups; a per-task variant
+        replaces the shared tensor of the same block.
+        """
+        n = self.node(node_id)
+        outs = self.visible_groups(task, node_id, "out")
+        ins = self.visible_groups(task, node_id, "in")
+        by_block: dict[tuple, Param] = {}
+        for p in n.params:
+            if p.task is None and (p.name, p.block) not in by_block:
+                by_block[(p.name, p.block)] = p
+        for p in n.params:
+            if p.task == task:
+                by_block[(p.name, p.block)] = p
+        grid: dict[str, list[list[Param]]] = {}
+        for name, info in n.spec.params().items():
+            rows = outs if info.out_axis is not None else [None]
+            cols = ins if info.in_axis is not None else [None]
+            grid[name] = [[by_block[(name, (o, i))] for i in cols] for o in rows]
+        return grid
+
+    # ---- equality and display -----------------------------------------------------------------
+
+    def structure(self) -> tuple:
+        """Everything but version, log and lineage, as comparable plain values."""
+        nodes = tuple(sorted((n, d["n"]) for n, d in self.graph.nodes(data=True)))
+        edges = tuple(
+            sorted((u, v, d["port"], tuple(sorted(d["tasks"]))) for u, v, d in self.graph.edges(data=True))
+        )
+        return (nodes, edges, tuple(self.tasks.items()), self.policy, self.annotations)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, JointNet):
+            return NotImplemented
+        return (
+            self.version == other.version
+            and self.lineage == other.lineage
+            and self.structure() == other.structure()
+            and self.log == other.log
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.version, self.lineage))
+
+    def __repr__(self) -> str:
+        return f"JointNet(version={self.version}, tasks={tuple(self.tasks)}, nodes={len(self.graph)})"
+
+    def __str__(self) -> str:
+        lines = [repr(self)]
+        width = max((len(n) for n in self.graph), default=4)
+        order = list(nx.lexicographical_topological_sort(self.graph))
+        specw = max((len(self.node(n).spec.short()) for n in order), default=4)
+        for n in order:
+            node = self.node(n)
+            owners = ",".join(sorted(self.users(n), key=self._order_key)) or "-"
+            extra = f"  cloned_from={node.cloned_from}" if node.cloned_from else ""
+            if node.out_groups:
+                extra += "  groups=" + ",".join(f"{g.owner}:+{g.size}" for g in node.out_groups)
+            lines.append(f"  {n:<{width}}  {node.spec.short():<{specw}}  owners={{{owners}}}{extra}")
+        return "\n".join(lines)
+
+    def _order_key(self, task: str) -> int:
+        return self.task_order(task) if task in self.tasks else 1 << 30
+
+    def bump(self, graph: nx.DiGraph, tasks, policy, annotations, record: Record) -> "JointNet":
+        """A successor of this net with the given contents and one more log record."""
+        return JointNet(
+            nx.freeze(graph),
+            tasks=tasks,
+            policy=policy,
+            annotations=annotations,
+            version=self.version + 1,
+            log=self.log.append(record),
+            lineage=_lineage(self.lineage, record),
+        )
+
+
+def require(cond: bool, message: str) -> None:
+    """Raise `InvariantError(message)` unless `cond` holds."""
+    if not cond:
+        raise InvariantError(message)

@@ -1,0 +1,246 @@
+"""The rewrite registry: `@rewrite` turns an edit of a `Draft` into a pure, logged `JointNet` function.
+
+A rewrite is called as ``f(net, **kwargs)`` and returns a new net whose version is one higher and
+whose log ends with ``Record(name, kwargs)``; the input net is never touched. A rewrite that
+changes nothing returns its input unchanged (same object, not logged). `replay(log)` applies a
+log's records, by name, from the empty net.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import networkx as nx
+
+from jointnet.errors import RewriteError
+from jointnet.frozen import FrozenDict, freeze, thaw
+from jointnet.net import JointNet, Node, Record
+
+__all__ = ["Draft", "rewrite", "REWRITES", "replay", "apply"]
+
+REWRITES: dict[str, Callable[..., JointNet]] = {}
+
+_NO_CHANGE = object()
+
+
+class Draft:
+    """A mutable working copy of a net, edited by one rewrite and then frozen into the next net.
+
+    Rewrite bodies only read and write the draft; helpers here keep edge routes, task registry,
+    policy and annotations consistent and raise `RewriteError`s that name the call.
+    """
+
+    def __init__(self, net: JointNet, name: str, kwargs: dict[str, Any]):
+        self.base = net
+        self.name = name
+        self.kwargs = kwargs
+        self.g: nx.DiGraph = net.graph.copy()
+        self.tasks: dict = dict(net.tasks)
+        self.policy: dict = dict(net.policy)
+        self.annotations: dict = dict(net.annotations)
+        self.version = net.version + 1  # the version this draft will become
+        self._keys: set[str] | None = None
+        self._net: JointNet | None = None
+
+    # ---- errors -------------------------------------------------------------------------------
+
+    def error(self, message: str) -> RewriteError:
+        return RewriteError(message, rewrite=self.name, kwargs=self.kwargs, version=self.base.version)
+
+    def view(self) -> JointNet:
+        """The draft's current state as a (scratch) net, for route and visibility queries."""
+        if self._net is None:
+            self._net = JointNet(
+                nx.freeze(self.g.copy()),
+                tasks=FrozenDict(self.tasks),
+                policy=FrozenDict(self.policy),
+                version=self.version,
+            )
+        return self._net
+
+    def _touch(self) -> None:
+        self._net = None
+
+    # ---- lookups with clear errors ------------------------------------------------------------
+
+    def node(self, node_id: str) -> Node:
+        if node_id not in self.g:
+            raise self.error(f"no node {node_id!r}; nodes are {_listing(self.g.nodes)}")
+        return self.g.nodes[node_id]["n"]
+
+    def task(self, task: str):
+        if task not in self.tasks:
+            known = ", ".join(self.tasks) or "none"
+            raise self.error(f"no task {task!r}; tasks are {known}")
+        return self.tasks[task]
+
+    def route(self, task: str) -> list[str]:
+        return self.view().route(task)
+
+    def require_on_route(self, task: str, node_id: str) -> None:
+        self.node(node_id)
+        self.task(task)
+        if node_id not in self.route(task):
+            raise self.error(f"task {task!r} does not route through {node_id!r}")
+
+    # ---- edits --------------------------------------------------------------------------------
+
+    def set_node(self, node: Node) -> None:
+        if node.id in self.g:
+            self.g.nodes[node.id]["n"] = node
+        else:
+            self.g.add_node(node.id, n=node)
+        self._keys = None
+        self._touch()
+
+    def remove_node(self, node_id: str) -> None:
+        self.g.remove_node(node_id)
+        self.policy = {k: v for k, v in self.policy.items() if k[1] != node_id}
+        self._keys = None
+        self._touch()
+
+    def route_edge(self, u: str, v: str, task: str, port: int = 0) -> None:
+        """Add `task` to the edge u -> v (creating it with `port`)."""
+        if self.g.has_edge(u, v):
+            d = self.g.edges[u, v]
+            if d["port"] != port:
+                raise self.error(f"edge {u!r} -> {v!r} already feeds port {d['port']}, not {port}")
+            self.g.add_edge(u, v, tasks=d["tasks"] | {task}, port=port)
+        else:
+            self.g.add_edge(u, v, tasks=frozenset({task}), port=port)
+        self._touch()
+
+    def unroute_edge(self, u: str, v: str, task: str) -> int:
+        """Remove `task` from the edge u -> v (deleting it when no task is left); returns its port."""
+        d = self.g.edges[u, v]
+        rest = d["tasks"] - {task}
+        if rest:
+            self.g.add_edge(u, v, tasks=rest, port=d["port"])
+        else:
+            self.g.remove_edge(u, v)
+        self._touch()
+        return d["port"]
+
+    def fresh_id(self, base: str) -> str:
+        """`base` if it is free, else ``base.2``, ``base.3``, ..."""
+        if base not in self.g:
+            return base
+        for i in range(2, 1 << 30):
+            cand = f"{base}.{i}"
+            if cand not in self.g:
+                return cand
+        raise self.error("no free node id")  # pragma: no cover
+
+    def fresh_key(self, node_id: str, name: str) -> str:
+        """A parameter key that no other version of this lineage gives another meaning."""
+        from jointnet.net import _lineage
+
+        tag = _lineage(self.base.lineage, Record(self.name, FrozenDict(self.kwargs)))
+        key = f"{node_id}.{name}@{tag}"
+        if self._keys is None:
+            self._keys = {p.key for _, d in self.g.nodes(data=True) for p in d["n"].params}
+            self._keys |= {m.key for _, d in self.g.nodes(data=True) for m in d["n"].masks}
+        i = 2
+        out = key
+        while out in self._keys:
+            out = f"{key}.{i}"
+            i += 1
+        self._keys.add(out)
+        return out
+
+    def finish(self) -> JointNet:
+        record = Record(self.name, FrozenDict(freeze(self.kwargs)))
+        return self.base.bump(
+            self.g,
+            FrozenDict(self.tasks),
+            FrozenDict(self.policy),
+            FrozenDict(self.annotations),
+            record,
+        )
+
+
+def _listing(names: Iterable[str], limit: int = 12) -> str:
+    names = sorted(names)
+    if not names:
+        return "none"
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def rewrite(fn: Callable[..., Any]) -> Callable[..., JointNet]:
+    """Register `fn(draft, /, **kwargs)` as the pure rewrite ``fn.__name__(net, /, **kwargs)``.
+
+    `fn` edits the draft in place; returning `NO_CHANGE` means the call is a no-op and the
+    input net is returned as is.
+    """
+    name = fn.__name__
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())[1:]
+    allowed = {p.name for p in params}
+    required = {p.name for p in params if p.default is inspect.Parameter.empty}
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+    @functools.wraps(fn)
+    def wrapper(net: JointNet, /, **kwargs: Any) -> JointNet:
+        if not isinstance(net, JointNet):
+            raise RewriteError(f"expects a JointNet as first argument, got {type(net).__name__}",
+                               rewrite=name, kwargs=kwargs)
+        unknown = set(kwargs) - allowed
+        missing = required - set(kwargs)
+        if unknown or missing:
+            what = []
+            if unknown:
+                what.append(f"unknown argument(s) {sorted(unknown)}")
+            if missing:
+                what.append(f"missing argument(s) {sorted(missing)}")
+            raise RewriteError("; ".join(what) + f"; it takes {sorted(allowed)}", rewrite=name,
+                               kwargs=kwargs, version=net.version)
+        full = {**defaults, **kwargs}
+        full = {k: full[k] for k in [p.name for p in params]}
+        draft = Draft(net, name, full)
+        if fn(draft, **full) is _NO_CHANGE:
+            return net
+        out = draft.finish()
+        if os.environ.get("JOINTNET_CHECK"):
+            from jointnet.check import check
+
+            check(out)
+        return out
+
+    wrapper.__signature__ = sig.replace(parameters=[
+        inspect.Parameter("net", inspect.Parameter.POSITIONAL_ONLY), *params
+    ])
+    wrapper.rewrite_name = name
+    REWRITES[name] = wrapper
+    return wrapper
+
+
+NO_CHANGE = _NO_CHANGE
+
+
+def apply(net: JointNet, name: str, **kwargs: Any) -> JointNet:
+    """Apply the registered rewrite `name` to `net`."""
+    if name not in REWRITES:
+        raise RewriteError(f"no rewrite named {name!r}; known: {_listing(REWRITES)}", rewrite=name,
+                           kwargs=kwargs, version=net.version)
+    return REWRITES[name](net, **kwargs)
+
+
+def replay(records: Iterable[Record], net: JointNet | None = None) -> JointNet:
+    """Apply `records` in order, starting from `net` (default: the empty net).
+
+    >>> from jointnet import backbones
+    >>> net = backbones.build(backbones.mlp(4, [8]), task="t1", n_classes=2)
+    >>> replay(net.log) == net
+    True
+    """
+    import jointnet.rewrites  # noqa: F401  (registers the primitives)
+
+    out = JointNet.empty() if net is None else net
+    for rec in records:
+        out = apply(out, rec.name, **{k: thaw(v) for k, v in rec.kwargs.items()})
+    return out

@@ -1,0 +1,1 @@
+"""Continual-learning methods as strategies over the JointNet graph API."""
