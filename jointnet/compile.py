@@ -10,7 +10,7 @@ tensors, so training it updates the store. The generated source is in ``module.c
 >>> net = backbones.build(backbones.mlp(4, [8]), task="t1", n_classes=2)
 >>> m = compile_net(net, ParamStore().realize(net), "t1")
 >>> print(m.code.splitlines()[1].strip())
-v1 = F.linear(x, self.fc1_weight, self.fc1_bias)
+v1 = F.linear(x, self.fc1_weight, self.fc1_bias)  # fc1
 """
 
 from __future__ import annotations

@@ -92,6 +92,7 @@ def _spec(d: Draft, spec: Any, in_shapes: list[tuple[int, ...]]) -> Layer:
 def add_input(d: Draft, /, *, node: str, shape: list[int]) -> None:
     """Add an input node: the source of the routes of the tasks that read it.
 
+    >>> from jointnet.net import JointNet
     >>> add_input(JointNet.empty(), node="input", shape=(1, 28, 28)).node("input").spec
     Input(shape=(1, 28, 28))
     """
