@@ -1,0 +1,78 @@
+"""Continual-learning metrics with pinned definitions.
+
+`R` is the accuracy matrix: ``R[i][j]`` is the accuracy on task j after training tasks 0..i
+(fractions in [0, 1]; entries with j > i are not used and may be None). With T tasks:
+
+- **AP** (average accuracy) = (1/T) sum_j R[T-1][j]                           (PAR §5, SPG ACC)
+- **AF** (average forgetting, PAR's form) = (1/T) sum_j (R[T-1][j] - R[j][j])  (divides by T;
+  <= 0 means forgetting; the last task contributes 0)
+- **BWT** (backward transfer) = (1/(T-1)) sum_{j<T-1} (R[T-1][j] - R[j][j])    (SPG §4.2, L2BG §4)
+- **FWT** against an explicit reference accuracy per task (e.g. independent nets):
+  (1/T) sum_j (R[j][j] - ref[j])                                              (SPG §4.2, L2BG §4)
+
+>>> R = [[0.9, None], [0.8, 0.7]]
+>>> round(average_accuracy(R), 3), round(average_forgetting(R), 3), round(bwt(R), 3)
+(0.75, -0.05, -0.1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from jointnet.errors import JointNetError
+
+__all__ = ["average_accuracy", "average_forgetting", "bwt", "fwt", "summarize"]
+
+Matrix = Sequence[Sequence[float | None]]
+
+
+def _square(R: Matrix) -> int:
+    T = len(R)
+    if T == 0:
+        raise JointNetError("the accuracy matrix is empty")
+    for i, row in enumerate(R):
+        if len(row) < i + 1:
+            raise JointNetError(f"row {i} of the accuracy matrix has {len(row)} entries; it needs {i + 1}")
+        for j in range(i + 1):
+            if row[j] is None:
+                raise JointNetError(f"R[{i}][{j}] is missing")
+    if len(R[-1]) < T:
+        raise JointNetError(f"the last row needs {T} entries")
+    return T
+
+
+def average_accuracy(R: Matrix) -> float:
+    """AP: mean accuracy over all tasks after the last one."""
+    T = _square(R)
+    return sum(R[T - 1][j] for j in range(T)) / T
+
+
+def average_forgetting(R: Matrix) -> float:
+    """AF as in PAR: mean over all T tasks of R[T-1][j] - R[j][j]."""
+    T = _square(R)
+    return sum(R[T - 1][j] - R[j][j] for j in range(T)) / T
+
+
+def bwt(R: Matrix) -> float:
+    """BWT over the first T-1 tasks (0.0 for a single task)."""
+    T = _square(R)
+    if T == 1:
+        return 0.0
+    return sum(R[T - 1][j] - R[j][j] for j in range(T - 1)) / (T - 1)
+
+
+def fwt(R: Matrix, reference: Sequence[float]) -> float:
+    """FWT against `reference[j]`, the accuracy a reference learner (e.g. an independent net)
+    reaches on task j: mean of R[j][j] - reference[j]."""
+    T = _square(R)
+    if len(reference) != T:
+        raise JointNetError(f"FWT needs one reference accuracy per task ({T}), got {len(reference)}")
+    return sum(R[j][j] - reference[j] for j in range(T)) / T
+
+
+def summarize(R: Matrix, reference: Sequence[float] | None = None) -> dict[str, float]:
+    """AP, AF, BWT and (with a reference) FWT in one dict."""
+    out = {"AP": average_accuracy(R), "AF": average_forgetting(R), "BWT": bwt(R)}
+    if reference is not None:
+        out["FWT"] = fwt(R, reference)
+    return out
