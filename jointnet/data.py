@@ -1,0 +1,782 @@
+"""Data sets from local files: an IDX reader and Fashion-MNIST, MNIST and CIFAR-100 loaders.
+
+Nothing here downloads anything and nothing imports torchvision or numpy. Every loader reads a
+folder the user already has, checks each file completely (magic number, dtype, dims, exact
+length, label ranges, matching counts), and raises one `DataError` naming the file and what is
+wrong. It never returns a partial data set.
+
+Where Fashion-MNIST is looked for, in order (the first folder that holds all four IDX files wins;
+each file may be gzipped, ``name.gz``, or raw, ``name``):
+
+1. ``data_dir``, the explicit argument (``--data-dir`` on the command line);
+2. ``$JOINTNET_DATA``;
+3. torchvision's layout ``<dir>/FashionMNIST/raw`` under ``data_dir``, under ``$JOINTNET_DATA``
+   and under ``./data``;
+4. ``/usr/share/datasets/fashion-mnist``, where the Debian package ``dataset-fashion-mnist``
+   puts it.
+
+Decoded arrays are cached in-process by resolved folder (`clear_cache` empties the cache), so the
+streams of `jointnet.streams` decode each file once. The returned tensors are shared by every
+caller: treat them as read-only (index or ``.clone()`` before changing them).
+
+>>> import tempfile, torch
+>>> with tempfile.TemporaryDirectory() as d:
+...     path = write_idx(f"{d}/t.idx.gz", torch.arange(6, dtype=torch.uint8).reshape(2, 3))
+...     print(read_idx(path).tolist())
+[[0, 1, 2], [3, 4, 5]]
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import math
+import os
+import pickle
+import struct
+import sys
+import warnings
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jointnet.errors import JointNetError
+
+__all__ = [
+    "DataError",
+    "read_idx",
+    "write_idx",
+    "load_fashion_mnist",
+    "load_mnist",
+    "load_cifar100",
+    "write_cifar100",
+    "fashion_mnist_dirs",
+    "mnist_dirs",
+    "cifar100_dirs",
+    "clear_cache",
+    "ENV_VAR",
+    "DEBIAN_FASHION_MNIST",
+    "FASHION_MNIST_CLASSES",
+]
+
+ENV_VAR = "JOINTNET_DATA"
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+# The four files of an MNIST-like data set (MNIST and Fashion-MNIST use the same names).
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+_HOW_TO_GET_FASHION = (
+    "To get it: `apt-get install -y dataset-fashion-mnist` (Debian/Ubuntu; installs the files "
+    f"under {DEBIAN_FASHION_MNIST}), or point --data-dir / {ENV_VAR} at a folder holding the four "
+    "IDX files " + ", ".join(f"{n}[.gz]" for n in IDX_FILES.values()) + "."
+)
+_HOW_TO_GET_MNIST = (
+    "To get it: put the four MNIST IDX files ("
+    + ", ".join(f"{n}[.gz]" for n in IDX_FILES.values())
+    + f") in a folder and pass it as data_dir / --data-dir, or use torchvision's layout "
+    f"<dir>/MNIST/raw under data_dir, ${ENV_VAR} or ./data. Nothing is downloaded at run time."
+)
+_HOW_TO_GET_CIFAR = (
+    "To get it: unpack cifar-100-python.tar.gz (the 'python version' of CIFAR-100) so that a folder "
+    f"holds cifar-100-python/{{train,test,meta}}, and pass that folder as data_dir / --data-dir or "
+    f"set {ENV_VAR} to it. Nothing is downloaded at run time."
+)
+
+
+class DataError(JointNetError):
+    """A data file is missing, truncated or corrupt, or a data set cannot be found.
+
+    The message names the file (or every place looked) and what is wrong.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# IDX
+# --------------------------------------------------------------------------------------------
+
+# IDX dtype code -> (torch dtype, bytes per item, name). Data are big-endian.
+_IDX_DTYPES: dict[int, tuple[torch.dtype, int, str]] = {
+    0x08: (torch.uint8, 1, "ubyte"),
+    0x09: (torch.int8, 1, "sbyte"),
+    0x0B: (torch.int16, 2, "short"),
+    0x0C: (torch.int32, 4, "int"),
+    0x0D: (torch.float32, 4, "float"),
+    0x0E: (torch.float64, 8, "double"),
+}
+_IDX_CODES = {dt: code for code, (dt, _, _) in _IDX_DTYPES.items()}
+_GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 24
+
+
+def _open_maybe_gzip(path: Path):
+    """Open `path` for binary reading, through gzip when its content starts with gzip's magic."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head == _GZIP_MAGIC:
+            return gzip.open(path, "rb"), True
+    except OSError as e:
+        raise DataError(f"{path}: cannot open: {e.strerror or e}") from e
+    if path.suffix == ".gz":
+        raise DataError(f"{path}: named .gz but is not gzip data (starts with {head!r})")
+    return open(path, "rb"), False
+
+
+def _read_exact(f, n: int, path: Path, what: str, compressed: bool) -> bytearray:
+    """Read exactly `n` bytes in chunks (never trusting `n` for one allocation)."""
+    buf = bytearray()
+    try:
+        while len(buf) < n:
+            chunk = f.read(min(_CHUNK, n - len(buf)))
+            if not chunk:
+                break
+            buf += chunk
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+        kind = "corrupt or truncated gzip stream" if compressed else "read error"
+        raise DataError(f"{path}: {kind} while reading {what} (after {len(buf)} bytes): {e}") from e
+    if len(buf) < n:
+        raise DataError(
+            f"{path}: truncated: {what} needs {n} bytes, only {len(buf)} are left"
+            + (" (after decompression)" if compressed else "")
+        )
+    return buf  # writable, so torch.frombuffer can share it without a copy
+
+
+def read_idx(path: str | os.PathLike) -> torch.Tensor:
+    """Read one IDX file (raw or gzipped) into a tensor of its dtype and shape.
+
+    The whole file is validated: two zero bytes, a known dtype code, at least one dimension,
+    and exactly ``prod(dims) * itemsize`` bytes of data after the header, no more, no less.
+    Gzip is recognised by content, not by name.
+
+    Args:
+        path: the file.
+
+    Returns:
+        A tensor of shape ``dims`` (uint8, int8, int16, int32, float32 or float64; big-endian
+        data converted to native order).
+
+    Raises:
+        DataError: the file cannot be read, or its magic, dtype, dims or length are wrong; the
+            message names the file and what is wrong.
+
+    Example:
+        >>> import tempfile, torch
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     print(read_idx(write_idx(d + "/x", torch.tensor([1, -2], dtype=torch.int32))))
+        tensor([ 1, -2], dtype=torch.int32)
+    """
+    path = Path(path)
+    f, compressed = _open_maybe_gzip(path)
+    with f:
+        magic = _read_exact(f, 4, path, "the 4-byte magic number", compressed)
+        if magic[0] != 0 or magic[1] != 0:
+            raise DataError(
+                f"{path}: not an IDX file: magic number {magic.hex()} does not start with two zero "
+                "bytes" + ("" if compressed else " (if it is compressed, it is not gzip)")
+            )
+        code, ndim = magic[2], magic[3]
+        if code not in _IDX_DTYPES:
+            known = ", ".join(f"0x{c:02X} ({n})" for c, (_, _, n) in _IDX_DTYPES.items())
+            raise DataError(f"{path}: unknown IDX dtype code 0x{code:02X}; known codes are {known}")
+        if ndim == 0:
+            raise DataError(f"{path}: IDX header declares 0 dimensions")
+        dtype, itemsize, tname = _IDX_DTYPES[code]
+        dims = list(struct.unpack(f">{ndim}I", _read_exact(f, 4 * ndim, path, f"{ndim} dims", compressed)))
+        count = math.prod(dims)
+        shape = "x".join(map(str, dims))
+        data = _read_exact(f, count * itemsize, path, f"the data ({shape} {tname})", compressed)
+        try:
+            extra = f.read(1)
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+            raise DataError(f"{path}: corrupt or truncated gzip stream after the data: {e}") from e
+        if extra:
+            raise DataError(
+                f"{path}: wrong length: trailing bytes after the {count * itemsize} data bytes that the "
+                f"header ({shape} {tname}) declares"
+            )
+    if count == 0:
+        return torch.empty(dims, dtype=dtype)
+    t = torch.frombuffer(data, dtype=torch.uint8).view(-1, itemsize)
+    if itemsize > 1 and sys.byteorder == "little":
+        t = t.flip(1).contiguous()  # IDX data are big-endian
+    return t.view(dtype).reshape(dims)
+
+
+def write_idx(path: str | os.PathLike, tensor: torch.Tensor) -> Path:
+    """Write `tensor` as an IDX file, gzipped when `path` ends with ``.gz``; returns the path.
+
+    Raises:
+        DataError: the dtype has no IDX code, or the tensor is 0-d.
+
+    Example:
+        >>> import tempfile, torch
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     print(read_idx(write_idx(d + "/y.gz", torch.zeros(2, 3))).shape)
+        torch.Size([2, 3])
+    """
+    path = Path(path)
+    if tensor.dtype not in _IDX_CODES:
+        raise DataError(f"write_idx: dtype {tensor.dtype} has no IDX code; use one of {list(_IDX_CODES)}")
+    if tensor.dim() == 0 or tensor.dim() > 255:
+        raise DataError(f"write_idx: tensor must have 1..255 dims (got {tensor.dim()})")
+    t = tensor.detach().cpu().contiguous()
+    itemsize = t.element_size()
+    raw = t.view(torch.uint8).reshape(-1, itemsize) if t.numel() else torch.empty(0, 1, dtype=torch.uint8)
+    if itemsize > 1 and sys.byteorder == "little":
+        raw = raw.flip(1)
+    header = bytes([0, 0, _IDX_CODES[t.dtype], t.dim()]) + struct.pack(f">{t.dim()}I", *t.shape)
+    payload = header + _tensor_bytes(raw)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(payload)
+    return path
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    """The bytes of a uint8 tensor, without numpy."""
+    t = t.contiguous().reshape(-1)
+    if t.numel() == 0:
+        return b""
+    out = bytearray(t.numel())
+    torch.frombuffer(out, dtype=torch.uint8).copy_(t)
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding a data set
+# --------------------------------------------------------------------------------------------
+
+
+def _env_dir() -> Path | None:
+    v = os.environ.get(ENV_VAR)
+    return Path(v).expanduser() if v else None
+
+
+def fashion_mnist_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[Path | None, str]]:
+    """The places `load_fashion_mnist` looks, in order, as ``(folder or None, why)`` pairs.
+
+    A None folder stands for an unset ``$JOINTNET_DATA`` (listed so that error messages say so).
+
+    Example:
+        >>> [why for _, why in fashion_mnist_dirs("/x")][:2]
+        ['data_dir', '$JOINTNET_DATA']
+    """
+    env = _env_dir()
+    out: list[tuple[Path | None, str]] = []
+    if data_dir is not None:
+        out.append((Path(data_dir).expanduser(), "data_dir"))
+    out.append((env, f"${ENV_VAR}"))
+    if data_dir is not None:
+        out.append((Path(data_dir).expanduser() / "FashionMNIST" / "raw", "torchvision layout under data_dir"))
+    if env is not None:
+        out.append((env / "FashionMNIST" / "raw", f"torchvision layout under ${ENV_VAR}"))
+    out.append((Path("data").absolute() / "FashionMNIST" / "raw", "torchvision layout under ./data"))
+    out.append((DEBIAN_FASHION_MNIST, "Debian package dataset-fashion-mnist"))
+    return out
+
+
+def mnist_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[Path | None, str]]:
+    """The places `load_mnist` looks, in order, as ``(folder, why)`` pairs.
+
+    ``$JOINTNET_DATA`` itself is *not* searched for MNIST: MNIST's files have exactly the names of
+    Fashion-MNIST's, and ``$JOINTNET_DATA`` pointing at Fashion-MNIST's files is the documented
+    use, so only the unambiguous ``MNIST/raw`` subfolder is looked at there.
+    """
+    env = _env_dir()
+    out: list[tuple[Path | None, str]] = []
+    if data_dir is not None:
+        out.append((Path(data_dir).expanduser(), "data_dir"))
+        out.append((Path(data_dir).expanduser() / "MNIST" / "raw", "torchvision layout under data_dir"))
+    out.append((env / "MNIST" / "raw" if env is not None else None, f"torchvision layout under ${ENV_VAR}"))
+    out.append((Path("data").absolute() / "MNIST" / "raw", "torchvision layout under ./data"))
+    return out
+
+
+def cifar100_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[Path | None, str]]:
+    """The places `load_cifar100` looks, in order: ``<dir>/cifar-100-python`` and ``<dir>``."""
+    env = _env_dir()
+    out: list[tuple[Path | None, str]] = []
+    if data_dir is not None:
+        d = Path(data_dir).expanduser()
+        out += [(d / "cifar-100-python", "data_dir"), (d, "data_dir")]
+    else:
+        out.append((None, "data_dir"))
+    if env is not None:
+        out += [(env / "cifar-100-python", f"${ENV_VAR}"), (env, f"${ENV_VAR}")]
+    else:
+        out.append((None, f"${ENV_VAR}"))
+    out.append((Path("data").absolute() / "cifar-100-python", "torchvision layout under ./data"))
+    return out
+
+
+def _find_files(path: Path, names: dict[str, str], gz: bool) -> tuple[dict[str, Path], list[str]]:
+    """Which of `names` are in `path` (raw preferred over .gz); returns (found, missing names)."""
+    found, missing = {}, []
+    for key, name in names.items():
+        for cand in (path / name, path / f"{name}.gz") if gz else (path / name,):
+            if cand.is_file():
+                found[key] = cand
+                break
+        else:
+            missing.append(name)
+    return found, missing
+
+
+def _locate(
+    what: str,
+    places: list[tuple[Path | None, str]],
+    names: dict[str, str],
+    how_to_get: str,
+    gz: bool = True,
+) -> Path:
+    """The first place holding all `names`; else one DataError listing every place looked."""
+    report: list[str] = []
+    partial: list[str] = []
+    for i, (place, why) in enumerate(places, 1):
+        if place is None:
+            report.append(f"  {i}. {why}: not set")
+            continue
+        if not place.is_dir():
+            report.append(f"  {i}. {place} ({why}): {'not a folder' if place.exists() else 'does not exist'}")
+            continue
+        found, missing = _find_files(place, names, gz)
+        if not missing:
+            for p in partial:
+                warnings.warn(f"{what}: skipped an incomplete copy: {p}", stacklevel=3)
+            return place
+        status = "none of the files" if not found else "incomplete, missing " + ", ".join(missing)
+        report.append(f"  {i}. {place} ({why}): {status}")
+        if found:
+            partial.append(f"{place} is missing {', '.join(missing)}")
+    wanted = ", ".join(f"{n}[.gz]" if gz else n for n in names.values())
+    raise DataError(f"{what} not found. Looked for {wanted} in:\n" + "\n".join(report) + f"\n{how_to_get}")
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST-like data sets
+# --------------------------------------------------------------------------------------------
+
+
+def _check_mnist_like(what: str, files: dict[str, Path], arrays: dict[str, torch.Tensor], n_classes: int = 10) -> None:
+    for split in ("train", "test"):
+        xi, yi = f"{split}_images", f"{split}_labels"
+        x, y = arrays[xi], arrays[yi]
+        if x.dtype != torch.uint8 or x.dim() != 3 or tuple(x.shape[1:]) != (28, 28):
+            raise DataError(
+                f"{files[xi]}: expected uint8 images of shape Nx28x28 for {what}, got {x.dtype} {tuple(x.shape)}"
+            )
+        if y.dtype != torch.uint8 or y.dim() != 1:
+            raise DataError(f"{files[yi]}: expected a 1-d uint8 label file, got {y.dtype} {tuple(y.shape)}")
+        if x.shape[0] != y.shape[0]:
+            raise DataError(f"{files[xi]} has {x.shape[0]} images but {files[yi]} has {y.shape[0]} labels")
+        if y.numel() and int(y.max()) >= n_classes:
+            raise DataError(f"{files[yi]}: label {int(y.max())} is out of range 0..{n_classes - 1}")
+
+
+@functools.lru_cache(maxsize=8)
+def _load_idx_set(folder: str, what: str) -> dict[str, torch.Tensor]:
+    found, missing = _find_files(Path(folder), IDX_FILES, gz=True)
+    if missing:  # the folder changed since it was located
+        raise DataError(f"{what}: {folder} is missing {', '.join(missing)}")
+    arrays = {k: read_idx(p) for k, p in found.items()}
+    _check_mnist_like(what, found, arrays)
+    for t in arrays.values():
+        t.requires_grad_(False)
+    return arrays
+
+
+def _result(arrays: dict[str, torch.Tensor], folder: Path, classes: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: v for k, v in arrays.items()}
+    out["classes"] = classes
+    out["source"] = folder
+    return out
+
+
+def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Load Fashion-MNIST from local IDX files (see the module docstring for where it looks).
+
+    Args:
+        data_dir: a folder holding the four IDX files (or ``FashionMNIST/raw`` below it); looked
+            at first. None: only the other places.
+
+    Returns:
+        ``{"train_images": uint8 60000x28x28, "train_labels": uint8 60000, "test_images": uint8
+        10000x28x28, "test_labels": uint8 10000, "classes": the 10 class names, "source": the
+        folder read}``. The tensors are cached and shared: do not modify them in place.
+
+    Raises:
+        DataError: no place holds the four files (the message lists every place looked and how
+            to get the data), or a file is truncated or corrupt (the message names it).
+
+    Example:
+        >>> fm = load_fashion_mnist()
+        >>> fm["train_images"].shape, fm["test_labels"].shape
+        (torch.Size([60000, 28, 28]), torch.Size([10000]))
+    """
+    folder = _locate("Fashion-MNIST", fashion_mnist_dirs(data_dir), IDX_FILES, _HOW_TO_GET_FASHION)
+    folder = folder.resolve()
+    return _result(_load_idx_set(str(folder), "Fashion-MNIST"), folder, FASHION_MNIST_CLASSES)
+
+
+def load_mnist(data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Load MNIST from local IDX files: `data_dir`, then ``MNIST/raw`` under it, ``$JOINTNET_DATA``, ``./data``.
+
+    Returns the same dict as `load_fashion_mnist` (``classes`` are ``'0'..'9'``).
+
+    Raises:
+        DataError: not found (every place looked is listed), or a file is truncated or corrupt.
+    """
+    folder = _locate("MNIST", mnist_dirs(data_dir), IDX_FILES, _HOW_TO_GET_MNIST).resolve()
+    return _result(_load_idx_set(str(folder), "MNIST"), folder, tuple(str(i) for i in range(10)))
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-100, python version: pickles read by a restricted unpickler
+# --------------------------------------------------------------------------------------------
+#
+# Why this is safe. A pickle is a program for a small stack machine; the only way it can run code
+# is by naming a global (opcodes GLOBAL, STACK_GLOBAL, INST, OBJ, and EXT through the copyreg
+# registry), which `Unpickler.find_class` resolves, and then calling it (REDUCE, NEWOBJ, BUILD).
+# `_SafeUnpickler.find_class` resolves only the names in `_ALLOWED`, and maps each to an inert
+# stand-in defined below, never to numpy or to anything importable: the numpy array pickles in the
+# CIFAR files (`_reconstruct(ndarray, (0,), b'b')` + `__setstate__((version, shape, dtype,
+# fortran, raw bytes))`, and `dtype('u1', 0, 1)` + `__setstate__(...)`) become `_NDArray` and
+# `_DType` records that only store the shape, dtype string and bytes they are given. Every other
+# global is refused with a DataError, and persistent ids are refused by the default
+# `persistent_load`. Containers (dict, list, tuple) and scalars (str, bytes, int, float, bool,
+# None) are built by opcodes without calling any global. So loading a hostile file can fail with
+# a DataError but cannot run code; numpy need not even be installed. The CIFAR pickles do need the
+# numpy stand-ins: their `data` entry is a numpy uint8 array (checked on the published files, and
+# on pickles written by numpy 1.x/2.x with protocols 2 and 5).
+
+
+def _as_str(v: Any) -> str:
+    return v.decode("latin1") if isinstance(v, (bytes, bytearray)) else str(v)
+
+
+class _DType:
+    """Stand-in for ``numpy.dtype(spec, align, copy)``: remembers the spec and byte order."""
+
+    def __init__(self, spec: Any = None, align: Any = False, copy: Any = True):
+        if not isinstance(spec, (str, bytes)):
+            raise DataError(f"unsupported numpy dtype spec {spec!r} in a pickle")
+        self.spec = _as_str(spec)
+        self.order = "="
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) < 2:
+            raise DataError(f"unsupported numpy dtype state {state!r} in a pickle")
+        if len(state) >= 4 and state[3] is not None:
+            raise DataError("structured numpy dtypes are not supported in CIFAR pickles")
+        self.order = _as_str(state[1])
+
+
+class _NDArray:
+    """Stand-in for a pickled ``numpy.ndarray``: shape, dtype, order and raw bytes."""
+
+    def __init__(self) -> None:
+        self.shape: tuple[int, ...] = (0,)
+        self.dtype: _DType | None = None
+        self.fortran = False
+        self.data: bytes = b""
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 5:
+            state = state[1:]
+        if not (isinstance(state, tuple) and len(state) == 4):
+            raise DataError("unsupported numpy array state in a pickle")
+        shape, dtype, fortran, data = state
+        if isinstance(data, str):  # written by Python 3 with encoding='latin1' semantics
+            data = data.encode("latin1")
+        if not isinstance(data, (bytes, bytearray)) or not isinstance(dtype, _DType):
+            raise DataError("unsupported numpy array in a pickle (object arrays are refused)")
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype, self.fortran, self.data = dtype, bool(fortran), bytes(data)
+
+    def to_tensor(self) -> torch.Tensor:
+        assert self.dtype is not None
+        spec = self.dtype.spec.lstrip("<>|=")
+        order = self.dtype.spec[0] if self.dtype.spec[:1] in ("<", ">") else self.dtype.order
+        if spec not in _NP_DTYPES:
+            raise DataError(f"unsupported numpy dtype {self.dtype.spec!r} in a pickle")
+        dtype, itemsize = _NP_DTYPES[spec]
+        count = math.prod(self.shape)
+        if len(self.data) != count * itemsize:
+            raise DataError(
+                f"numpy array of shape {self.shape} and dtype {spec} needs {count * itemsize} bytes, "
+                f"has {len(self.data)}"
+            )
+        if count == 0:
+            return torch.empty(self.shape, dtype=dtype)
+        t = torch.frombuffer(bytearray(self.data), dtype=torch.uint8).view(-1, itemsize)
+        if itemsize > 1 and order in ("<", ">") and (order == ">") == (sys.byteorder == "little"):
+            t = t.flip(1).contiguous()
+        t = t.view(dtype).reshape(-1)
+        if self.fortran and len(self.shape) > 1:
+            return t.reshape(self.shape[::-1]).permute(*reversed(range(len(self.shape)))).contiguous()
+        return t.reshape(self.shape)
+
+
+_NP_DTYPES = {
+    "u1": (torch.uint8, 1), "i1": (torch.int8, 1), "b1": (torch.bool, 1),
+    "i2": (torch.int16, 2), "i4": (torch.int32, 4), "i8": (torch.int64, 8),
+    "f2": (torch.float16, 2), "f4": (torch.float32, 4), "f8": (torch.float64, 8),
+}
+
+
+def _reconstruct(cls: Any, shape: Any, typecode: Any) -> _NDArray:
+    if cls is not _NDArray:
+        raise DataError("numpy _reconstruct in a pickle called with something other than ndarray")
+    return _NDArray()
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> _NDArray:
+    """Stand-in for ``numpy.core.numeric._frombuffer`` (numpy's protocol-5 array pickles)."""
+    a = _NDArray()
+    a.__setstate__((tuple(shape), dtype, _as_str(order) == "F", bytes(buf)))
+    return a
+
+
+def _latin1_encode(s: Any, encoding: Any = "latin1") -> bytes:
+    """Stand-in for ``_codecs.encode``, which Python 3 protocol-2 pickles use for bytes: latin1 only."""
+    if not isinstance(s, str) or _as_str(encoding).lower().replace("-", "") != "latin1":
+        raise DataError(f"refused _codecs.encode({type(s).__name__}, {encoding!r}) in a pickle")
+    return s.encode("latin1")
+
+
+_ALLOWED: dict[tuple[str, str], Any] = {}
+for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    _ALLOWED[(_mod, "_reconstruct")] = _reconstruct
+for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
+    _ALLOWED[(_mod, "_frombuffer")] = _frombuffer
+_ALLOWED[("numpy", "ndarray")] = _NDArray
+_ALLOWED[("numpy", "dtype")] = _DType
+_ALLOWED[("_codecs", "encode")] = _latin1_encode
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise DataError(
+                f"{self.path}: refused to load global {module}.{name}: a CIFAR pickle may only hold dicts, "
+                "lists, strings, numbers and numpy arrays"
+            ) from None
+
+
+def _plain(obj: Any) -> Any:
+    """Stand-ins to tensors, byte-string keys to str, recursively."""
+    if isinstance(obj, _NDArray):
+        return obj.to_tensor()
+    if isinstance(obj, dict):
+        return {_as_str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
+
+
+def _load_pickle(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            obj = _SafeUnpickler(f, path).load()
+        obj = _plain(obj)
+    except DataError as e:
+        msg = str(e)
+        raise DataError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from e
+    except Exception as e:  # any malformed pickle: UnpicklingError, EOFError, ValueError, ...
+        raise DataError(f"{path}: not a readable CIFAR pickle (truncated or corrupt): {type(e).__name__}: {e}") from e
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
+    return obj
+
+
+def _labels(path: Path, d: dict, key: str, n: int, n_classes: int) -> torch.Tensor:
+    if key not in d:
+        raise DataError(f"{path}: no {key!r} entry; entries are {sorted(d)}")
+    v = d[key]
+    try:
+        t = v.to(torch.int64).reshape(-1) if isinstance(v, torch.Tensor) else torch.tensor(list(v), dtype=torch.int64)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise DataError(f"{path}: {key!r} is not a list of integers: {e}") from e
+    if t.numel() != n:
+        raise DataError(f"{path}: {key!r} has {t.numel()} labels for {n} images")
+    if n and (int(t.min()) < 0 or int(t.max()) >= n_classes):
+        raise DataError(f"{path}: {key!r} has labels outside 0..{n_classes - 1}")
+    return t
+
+
+def _images(path: Path, d: dict) -> torch.Tensor:
+    if "data" not in d:
+        raise DataError(f"{path}: no 'data' entry; entries are {sorted(d)}")
+    x = d["data"]
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 2 or x.shape[1] != 3072:
+        desc = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise DataError(f"{path}: 'data' must be a uint8 array of shape Nx3072, found {desc}")
+    return x.reshape(-1, 3, 32, 32)  # rows are 1024 red, 1024 green, 1024 blue, each row-major
+
+
+_CIFAR_FILES = {"train": "train", "test": "test", "meta": "meta"}
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cifar100_dir(folder: str) -> dict[str, Any]:
+    base = Path(folder)
+    out: dict[str, Any] = {}
+    for split in ("train", "test"):
+        path = base / split
+        d = _load_pickle(path)
+        x = _images(path, d)
+        out[f"{split}_images"] = x
+        out[f"{split}_fine_labels"] = _labels(path, d, "fine_labels", x.shape[0], 100)
+        out[f"{split}_coarse_labels"] = _labels(path, d, "coarse_labels", x.shape[0], 20)
+    meta_path = base / "meta"
+    meta = _load_pickle(meta_path)
+    for key, n in (("fine_label_names", 100), ("coarse_label_names", 20)):
+        names = meta.get(key)
+        if not isinstance(names, list) or len(names) != n:
+            raise DataError(f"{meta_path}: {key!r} must be a list of {n} names")
+        out[key] = tuple(_as_str(s) for s in names)
+    return out
+
+
+def load_cifar100(data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Load CIFAR-100 (python version) from ``<dir>/cifar-100-python/{train,test,meta}`` or ``<dir>/``.
+
+    ``<dir>`` is `data_dir`, then ``$JOINTNET_DATA``, then ``./data``. The pickles are read with a
+    restricted unpickler that can build only dicts, lists, strings, numbers and numpy arrays (as
+    tensors), so a hostile file cannot run code (see the comment above `_SafeUnpickler`).
+
+    Returns:
+        ``{"train_images": uint8 Nx3x32x32, "train_fine_labels": int64 N (0..99),
+        "train_coarse_labels": int64 N (0..19), the same three for "test", "fine_label_names",
+        "coarse_label_names", "source"}``; tensors cached and shared (read-only).
+
+    Raises:
+        DataError: not found (every place looked is listed), or a file is corrupt, truncated,
+            holds a global other than numpy's array reconstruction, or has inconsistent entries.
+    """
+    folder = _locate("CIFAR-100", cifar100_dirs(data_dir), _CIFAR_FILES, _HOW_TO_GET_CIFAR, gz=False).resolve()
+    out = dict(_load_cifar100_dir(str(folder)))
+    out["source"] = folder
+    return out
+
+
+def write_cifar100(
+    folder: str | os.PathLike,
+    *,
+    train: dict[str, Any],
+    test: dict[str, Any],
+    fine_label_names: list[str] | None = None,
+    coarse_label_names: list[str] | None = None,
+) -> Path:
+    """Write a CIFAR-100 python-version folder (``train``, ``test``, ``meta``) in the published format.
+
+    The pickles are byte-for-byte the kind the published files are (protocol 2, Python 2 strings,
+    ``data`` a numpy uint8 array pickled via ``numpy.core.multiarray._reconstruct``), written
+    without numpy. Useful for tiny test fixtures and for subsets.
+
+    Args:
+        folder: created if needed.
+        train, test: ``{"images": uint8 Nx3x32x32, "fine_labels": N ints, "coarse_labels": N ints}``.
+        fine_label_names, coarse_label_names: default ``fine0..fine99``, ``coarse0..coarse19``.
+
+    Returns:
+        `folder` as a Path.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, d in (("train", train), ("test", test)):
+        x = torch.as_tensor(d["images"])
+        if x.dtype != torch.uint8 or tuple(x.shape[1:]) != (3, 32, 32):
+            raise DataError(f"write_cifar100: {split} images must be uint8 Nx3x32x32 (got {x.dtype} {tuple(x.shape)})")
+        n = x.shape[0]
+        obj = {
+            b"batch_label": f"{split} batch".encode(),
+            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+            b"fine_labels": [int(v) for v in d["fine_labels"]],
+            b"coarse_labels": [int(v) for v in d["coarse_labels"]],
+            b"data": _PyArray(x.reshape(n, 3072)),
+        }
+        (folder / split).write_bytes(_py2_pickle(obj))
+    meta = {
+        b"fine_label_names": [s.encode() for s in (fine_label_names or [f"fine{i}" for i in range(100)])],
+        b"coarse_label_names": [s.encode() for s in (coarse_label_names or [f"coarse{i}" for i in range(20)])],
+    }
+    (folder / "meta").write_bytes(_py2_pickle(meta))
+    return folder
+
+
+class _PyArray:
+    """A uint8 tensor to be written as a numpy array pickle."""
+
+    def __init__(self, t: torch.Tensor):
+        self.t = t
+
+
+def _py2_pickle(obj: Any) -> bytes:
+    """A protocol-2 pickle as Python 2's cPickle writes it: bytes as str (BINSTRING), no memo."""
+    out = bytearray(b"\x80\x02")
+
+    def s(v: Any) -> None:
+        if isinstance(v, dict):
+            out.extend(b"}(")
+            for k, val in v.items():
+                s(k)
+                s(val)
+            out.extend(b"u")
+        elif isinstance(v, list):
+            out.extend(b"](")
+            for item in v:
+                s(item)
+            out.extend(b"e")
+        elif isinstance(v, bool):
+            out.extend(b"\x88" if v else b"\x89")
+        elif isinstance(v, int):
+            out.extend(b"J" + struct.pack("<i", v))
+        elif isinstance(v, bytes):
+            out.extend((b"U" + bytes([len(v)])) if len(v) < 256 else (b"T" + struct.pack("<I", len(v))))
+            out.extend(v)
+        elif isinstance(v, _PyArray):
+            shape = tuple(v.t.shape)
+            out.extend(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n")
+            out.extend(b"J\x00\x00\x00\x00\x85U\x01b\x87R")  # _reconstruct(ndarray, (0,), 'b')
+            out.extend(b"(J\x01\x00\x00\x00(")  # state: (1, shape, dtype, False, data)
+            for d in shape:
+                s(int(d))
+            out.extend(b"t")
+            out.extend(b"cnumpy\ndtype\nU\x02u1J\x00\x00\x00\x00J\x01\x00\x00\x00\x87R")
+            out.extend(b"(J\x03\x00\x00\x00U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffJ\x00\x00\x00\x00tb")
+            out.extend(b"\x89")
+            s(_tensor_bytes(v.t))
+            out.extend(b"tb")
+        else:
+            raise DataError(f"write_cifar100: cannot write {type(v).__name__}")
+
+    s(obj)
+    out.extend(b".")
+    return bytes(out)
+
+
+def clear_cache() -> None:
+    """Forget every decoded data set (the next load reads the files again)."""
+    _load_idx_set.cache_clear()
+    _load_cifar100_dir.cache_clear()
