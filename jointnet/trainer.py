@@ -1,0 +1,223 @@
+"""The trainer: one task of a net, trained from the net's train policy and a strategy's hooks.
+
+- Optimizer parameter groups come from the policy (`jointnet.train.param_groups`): frozen nodes
+  are left out, every other node trains at ``lr * lr_scale``.
+- A strategy plugs in through `Hooks`: an extra loss term (EWC, LwF, HAT), a gradient transform
+  between ``backward()`` and ``step()`` (SPG, HAT, PackNet), a step callback, and a per-batch
+  context (HAT's annealed ``s``).
+- Early stopping on validation accuracy keeps the best weights of the tensors being trained; LR
+  schedules: none, cosine, step, or plateau (divide by `lr_factor` after `lr_patience` epochs
+  without improvement, stop below `min_lr`, as HAT's and PackNet's code do).
+- CPU runs are deterministic for a fixed seed: shuffling uses a generator seeded from
+  (seed, task), never the global RNG. CUDA runs use AMP (bf16 autocast) unless disabled.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from jointnet.compile import compile_net
+from jointnet.errors import JointNetError
+from jointnet.net import JointNet
+from jointnet.params import ParamStore
+from jointnet.train import param_groups
+
+__all__ = ["TrainConfig", "Hooks", "TrainResult", "train_task", "accuracy", "predict"]
+
+
+@attrs.frozen
+class TrainConfig:
+    """Hyper-parameters of one task's training."""
+
+    epochs: int = attrs.field(default=5, validator=attrs.validators.ge(0))
+    batch_size: int = attrs.field(default=64, validator=attrs.validators.gt(0))
+    lr: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))
+    optimizer: str = attrs.field(default="sgd", validator=attrs.validators.in_(("sgd", "adam")))
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = attrs.field(default="none", validator=attrs.validators.in_(("none", "cosine", "step", "plateau")))
+    step_size: int = 10
+    lr_factor: float = 3.0
+    lr_patience: int = 5
+    min_lr: float = 1e-4
+    patience: int | None = None  # early stopping on validation accuracy (None: off)
+    clip_grad: float | None = None
+    device: str = "cpu"
+    amp: bool = True  # only on CUDA
+    progress: bool = False
+    eval_batch_size: int = 1024
+    seed: int = 0
+
+
+class Hooks:
+    """What a strategy may add to training; every method is optional (defaults do nothing)."""
+
+    def extra_loss(self, module, x, y, logits, ctx: dict) -> torch.Tensor | None:
+        return None
+
+    def transform_grads(self, module, ctx: dict) -> None:
+        return None
+
+    def after_step(self, module, ctx: dict) -> None:
+        return None
+
+    def batch_context(self, module, ctx: dict) -> None:
+        """Called before each forward with ctx['batch'], ctx['n_batches'], ctx['epoch'], ctx['training']."""
+        return None
+
+
+@attrs.define
+class TrainResult:
+    epochs_run: int = 0
+    best_val: float | None = None
+    history: list = attrs.field(factory=list)  # one dict per epoch: loss, train_acc, val_acc, lr
+
+
+def _batches(n: int, size: int, gen: torch.Generator | None):
+    order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
+    return [order[i : i + size] for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def predict(module, x: torch.Tensor, batch_size: int = 1024, device: str = "cpu",
+            hooks: Hooks | None = None) -> torch.Tensor:
+    """Logits of `module` (in eval mode) on `x`, batched."""
+    was = module.training
+    module.eval()
+    outs = []
+    for i in range(0, len(x), batch_size):
+        if hooks is not None:
+            hooks.batch_context(module, {"training": False, "batch": 0, "n_batches": 1, "epoch": 0})
+        outs.append(module(x[i : i + batch_size].to(device)).float().cpu())
+    module.train(was)
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(module, x, y, batch_size=1024, device="cpu", hooks: Hooks | None = None) -> float:
+    if len(x) == 0:
+        return float("nan")
+    return float((predict(module, x, batch_size, device, hooks).argmax(1) == y).float().mean())
+
+
+def train_task(
+    net: JointNet,
+    store: ParamStore,
+    task: str,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    config: TrainConfig = TrainConfig(),
+    hooks: Hooks | None = None,
+    *,
+    task_index: int = 0,
+    echo: Callable[[str], Any] | None = None,
+) -> TrainResult:
+    """Train `task` of `net` on `train` = (x, y); returns the epoch history.
+
+    Raises:
+        JointNetError: unknown task, or every tensor of the task frozen while epochs > 0.
+    """
+    hooks = hooks or Hooks()
+    device = config.device
+    module = compile_net(net, store, task)
+    groups = param_groups(net, store, task, config.lr)
+    result = TrainResult()
+    if config.epochs == 0:
+        return result
+    if not groups:
+        raise JointNetError(f"train_task: every node of task {task!r} is frozen; nothing to train")
+    params = [p for g in groups for p in g["params"]]
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + task_index)
+    x, y = train
+    amp = config.amp and str(device).startswith("cuda")
+    best_val, best_state, bad_epochs, plateau_bad = -1.0, None, 0, 0
+    lr_mult = 1.0
+    bar = None
+    if config.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.epochs, desc=f"task {task}", unit="epoch", leave=False, file=sys.stderr)
+    for epoch in range(config.epochs):
+        if config.schedule == "cosine":
+            lr_mult = 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
+        elif config.schedule == "step":
+            lr_mult = 0.1 ** (epoch // config.step_size)
+        for g, base in zip(opt.param_groups, base_lrs):
+            g["lr"] = base * lr_mult
+        module.train()
+        batches = _batches(len(x), config.batch_size, gen)
+        total_loss, correct, seen = 0.0, 0, 0
+        for b, idx in enumerate(batches):
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            ctx = {"training": True, "batch": b, "n_batches": len(batches), "epoch": epoch, "task": task}
+            hooks.batch_context(module, ctx)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                logits = module(xb)
+                loss = F.cross_entropy(logits.float(), yb)
+                extra = hooks.extra_loss(module, xb, yb, logits, ctx)
+                if extra is not None:
+                    loss = loss + extra
+            loss.backward()
+            hooks.transform_grads(module, ctx)
+            if config.clip_grad:
+                torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
+            opt.step()
+            hooks.after_step(module, ctx)
+            total_loss += float(loss.detach()) * len(idx)
+            correct += int((logits.detach().argmax(1) == yb).sum())
+            seen += len(idx)
+        entry = {"epoch": epoch, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
+                 "lr": opt.param_groups[-1]["lr"]}
+        if val is not None and len(val[0]):
+            entry["val_acc"] = accuracy(module, val[0], val[1], config.eval_batch_size, device, hooks)
+        result.history.append(entry)
+        result.epochs_run = epoch + 1
+        if bar is not None:
+            bar.set_postfix(loss=f"{entry['loss']:.3f}", acc=f"{entry['train_acc']:.3f}",
+                            val=f"{entry.get('val_acc', float('nan')):.3f}")
+            bar.update(1)
+        if echo is not None:
+            echo(f"task {task} epoch {epoch + 1}/{config.epochs} loss {entry['loss']:.4f} "
+                 f"acc {entry['train_acc']:.4f} val {entry.get('val_acc', float('nan')):.4f}")
+        v = entry.get("val_acc")
+        if v is not None:
+            if v > best_val:
+                best_val, bad_epochs, plateau_bad = v, 0, 0
+                if config.patience is not None or config.schedule == "plateau":
+                    best_state = [p.detach().clone() for p in params]
+            else:
+                bad_epochs += 1
+                plateau_bad += 1
+            if config.schedule == "plateau" and plateau_bad >= config.lr_patience:
+                lr_mult /= config.lr_factor
+                plateau_bad = 0
+                if best_state is not None:
+                    _restore(params, best_state)
+                if config.lr * lr_mult < config.min_lr:
+                    break
+            if config.patience is not None and bad_epochs >= config.patience:
+                break
+    if bar is not None:
+        bar.close()
+    if best_state is not None:
+        _restore(params, best_state)
+    result.best_val = best_val if best_val >= 0 else None
+    return result
+
+
+@torch.no_grad()
+def _restore(params, state) -> None:
+    for p, s in zip(params, state):
+        p.copy_(s)
