@@ -115,6 +115,12 @@ def run(spec: RunSpec, out: str | Path, *, echo: Callable[[str], Any] = print, p
     out = Path(out)
     if (out / "run.json").exists():
         raise JointNetError(f"{out} already holds a run; use resume or another --out")
+    from jointnet.streams import STREAMS
+    from strategies.base import get
+
+    get(spec.strategy, **spec.strategy_options)  # fail before writing anything
+    if spec.stream not in STREAMS:
+        raise JointNetError(f"no stream {spec.stream!r}; known: {', '.join(STREAMS)}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "snapshots").mkdir(exist_ok=True)
     _atomic_write(out / "run.json", json.dumps(attrs.asdict(spec), indent=2))

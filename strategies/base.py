@@ -127,7 +127,7 @@ class Strategy:
     def train_task(self, state: RunState, task, index: int) -> TrainResult:
         return train_task(
             state.net, state.store, task.name, task.train, task.val, state.config,
-            self.hooks(state, task, index), task_index=index,
+            self.hooks(state, task, index), task_index=index, echo=state.echo,
         )
 
     def after_task(self, state: RunState, task, index: int) -> None:
