@@ -32,7 +32,8 @@ def check(net: JointNet) -> JointNet:
     5
     """
     g = net.graph
-    require(nx.is_directed_acyclic_graph(g), f"the graph has a cycle: {_cycle(g)}")
+    if not nx.is_directed_acyclic_graph(g):
+        raise InvariantError(f"the graph has a cycle: {_cycle(g)}")
     for n, data in g.nodes(data=True):
         node = data.get("n")
         require(isinstance(node, Node), f"node {n!r} holds no Node")
