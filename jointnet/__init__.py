@@ -26,6 +26,7 @@ from jointnet.rewrites import (
     release_mask,
     remove_task,
     reroute,
+    route_through,
     set_lr_scale,
     unfreeze,
     widen,

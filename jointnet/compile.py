@@ -59,10 +59,13 @@ class CompiledNet(nn.Module):
         tasks: the compiled tasks; ``single`` says whether forward returns one tensor.
         code: the generated forward source.
         keys: attribute name -> store key of every registered tensor.
+        gate_s: the scale ``s`` of every `Gate` node's ``sigmoid(s * e)`` (a plain float read by
+            the generated code; a strategy may set it per batch, e.g. HAT's annealing).
     """
 
     tasks: tuple[str, ...]
     code: str
+    gate_s: float = 400.0
 
     def extra_repr(self) -> str:
         return f"tasks={self.tasks}, version={self.net_version}"
@@ -131,7 +134,7 @@ def _build(net: JointNet, store: ParamStore, names: tuple[str, ...], single: boo
         return "self." + tensors[key]
 
     sig_var: dict[tuple, str] = {}
-    lines: list[str] = []
+    lines: list[tuple[str, str, str, list[str]]] = []  # (var, expr, node, input vars)
     outputs: dict[str, str] = {}
     counter = 0
     for task in names:
@@ -161,13 +164,23 @@ def _build(net: JointNet, store: ParamStore, names: tuple[str, ...], single: boo
                 raise
             except Exception as e:  # pragma: no cover - a bug in a spec's emit
                 raise CompileError(f"while compiling node {n!r} for task {task!r}: {e}") from e
-            lines.append(f"    {var} = {expr}  # {n}")
+            lines.append((var, expr, n, in_vars))
         outputs[task] = sig_var[sigs[net.tasks[task].head]]
     if single:
         ret = outputs[names[0]]
     else:
         ret = "{" + ", ".join(f"{t!r}: {v}" for t, v in outputs.items()) + "}"
-    code = "def forward(self, x):\n" + "\n".join(lines) + f"\n    return {ret}\n"
+    # Drop each intermediate after its last use, as a hand-written forward does by reassigning
+    # `x`: without it every activation of every task stays alive until return (in a multi-task
+    # module that doubled the eval time from allocator and cache pressure).
+    last_use = {v: i for i, (_, _, _, ins) in enumerate(lines) for v in ins}
+    keep = {"x", *outputs.values()}
+    body = []
+    for i, (var, expr, n, ins) in enumerate(lines):
+        dead = [v for v in dict.fromkeys(ins) if last_use[v] == i and v not in keep]
+        free = f"; del {', '.join(dead)}" if dead else ""
+        body.append(f"    {var} = {expr}{free}  # {n}")
+    code = "def forward(self, x):\n" + "\n".join(body) + f"\n    return {ret}\n"
     namespace = {"torch": torch, "F": F, "_pad_ones": _pad_ones, "_bn_groups": _bn_groups}
     exec(compile(code, f"<jointnet v{net.version} {','.join(names)}>", "exec"), namespace)
     cls = type("CompiledNet", (CompiledNet,), {"forward": namespace["forward"]})
@@ -194,6 +207,11 @@ def _emit(net, task, n, spec, grid, in_vars, ref) -> str:
             for name, rows in grid.items()
         }
         sizes = [row[0].shape[0] for row in grid["weight"]]
+        for name in ("weight", "bias"):
+            mask = node.mask(task, name)
+            if mask is not None:  # mask the whole width, then hand the groups their slices
+                full = lists[name].replace("[", "torch.cat([", 1) + ", 0)"
+                lists[name] = f"({full} * {_mask_expr(n, mask, infos[name].shape, ref)}).split({sizes})"
         return (
             f"_bn_groups({in_vars[0]}, {sizes}, {lists['running_mean']}, {lists['running_var']}, "
             f"{lists['weight']}, {lists['bias']}, self.training, {spec.momentum!r}, {spec.eps!r})"

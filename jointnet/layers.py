@@ -34,6 +34,7 @@ __all__ = [
     "Identity",
     "Add",
     "Concat",
+    "Gate",
     "SPECS",
     "spec_from_dict",
     "spec_to_dict",
@@ -425,11 +426,49 @@ class Concat(Layer):
         return "Concat"
 
 
+@attrs.frozen
+class Gate(Layer):
+    """A per-task, per-unit sigmoid gate: ``x * sigmoid(s * e_t)``, broadcast over spatial axes.
+
+    `e_t` is the node's ``embedding`` parameter as task t sees it (normally a per-task variant,
+    see `jointnet.rewrites.add_task_embedding`; the shared tensor is the default for a task
+    without one). `s` is the compiled module's float attribute ``gate_s`` (default 400.0), so a
+    strategy can anneal it per batch (HAT, SPG spec §8.4). One unit per input channel (conv
+    feature map) or feature (flat input); the output has the input's shape.
+
+    >>> Gate(units=8).out_shape([(8, 14, 14)])
+    (8, 14, 14)
+    """
+
+    kind: ClassVar[str] = "Gate"
+    units: int = attrs.field(validator=_pos)
+
+    def params(self):
+        # Embedding init N(0, 1), as torch.nn.Embedding (HAT's code).
+        return {"embedding": ParamInfo((self.units,), init="normal")}
+
+    def out_shape(self, in_shapes):
+        s = self._one(in_shapes)
+        if s[0] != self.units:
+            raise SpecError(f"{self.short()} expects {self.units} channels, got {s}")
+        return s
+
+    def emit(self, ins, p):
+        x = ins[0]
+        return (
+            f"({x} * torch.sigmoid(self.gate_s * {p['embedding']})"
+            f".view(-1, *([1] * ({x}.dim() - 2))))"
+        )
+
+    def short(self):
+        return f"Gate({self.units})"
+
+
 SPECS: dict[str, type] = {
     c.kind: c
     for c in (
         Input, Linear, Head, Conv2d, BatchNorm, ReLU, Identity, Dropout,
-        MaxPool2d, AvgPool2d, GlobalAvgPool, Flatten, Add, Concat,
+        MaxPool2d, AvgPool2d, GlobalAvgPool, Flatten, Add, Concat, Gate,
     )
 }
 
@@ -467,12 +506,15 @@ def spec_from_dict(d: dict[str, Any]) -> Layer:
 
 
 # Field that holds the input width of each consumer kind; declarative construction fills it in.
-_IN_FIELD = {"Linear": "in_f", "Head": "in_f", "Conv2d": "in_ch", "BatchNorm": "num_features"}
+_IN_FIELD = {
+    "Linear": "in_f", "Head": "in_f", "Conv2d": "in_ch", "BatchNorm": "num_features", "Gate": "units",
+}
 # Short aliases accepted in declarative layer lists.
 _ALIASES = {
     "conv": "Conv2d", "linear": "Linear", "fc": "Linear", "bn": "BatchNorm", "relu": "ReLU",
     "maxpool": "MaxPool2d", "avgpool": "AvgPool2d", "gap": "GlobalAvgPool", "flatten": "Flatten",
     "dropout": "Dropout", "add": "Add", "concat": "Concat", "identity": "Identity", "head": "Head",
+    "gate": "Gate",
 }
 
 

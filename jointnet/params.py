@@ -29,7 +29,8 @@ def make_tensor(key: str, shape: tuple[int, ...], init: Init, seed: int, lookup)
     """The tensor `init` describes, on CPU; `lookup(key)` gives an existing tensor for copies.
 
     Fresh schemes: ``kaiming`` and ``fan_in_uniform`` draw U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-    PyTorch's default for Linear and Conv2d weights and biases; ``zeros``; ``ones``.
+    PyTorch's default for Linear and Conv2d weights and biases; ``normal`` draws N(0, 1), as
+    ``torch.nn.Embedding`` (gate embeddings); ``zeros``; ``ones``.
     """
     if init.kind == "copy":
         src = lookup(init.src)
@@ -51,6 +52,9 @@ def make_tensor(key: str, shape: tuple[int, ...], init: Init, seed: int, lookup)
         g = torch.Generator().manual_seed(_seed(seed, key))
         bound = 1.0 / math.sqrt(max(init.fan_in, 1))
         return torch.empty(shape).uniform_(-bound, bound, generator=g)
+    if init.scheme == "normal":
+        g = torch.Generator().manual_seed(_seed(seed, key))
+        return torch.randn(shape, generator=g)
     raise JointNetError(f"unknown init scheme {init.scheme!r} for {key!r}")
 
 

@@ -1,8 +1,9 @@
 """The primitive rewrites, each a registered pure function ``f(net, /, **kwargs) -> net``.
 
-Structure: `add_input`, `add_task`, `add_node`, `add_head`, `bind`, `clone_node`, `reroute`,
-`remove_task`, `prune`. Channels: `widen`, `attach_mask`, `commit_mask`, `release_mask`.
-Policy and data: `freeze`, `unfreeze`, `set_lr_scale`, `per_task_bn`, `annotate`.
+Structure: `add_input`, `add_task`, `add_node`, `add_head`, `bind`, `route_through`,
+`clone_node`, `reroute`, `remove_task`, `prune`. Channels: `widen`, `attach_mask`, `commit_mask`, `release_mask`.
+Policy and data: `freeze`, `unfreeze`, `set_lr_scale`, `per_task_bn`, `add_task_embedding`,
+`annotate`.
 
 >>> from jointnet import backbones
 >>> net = backbones.build(backbones.mlp(4, [8]), task="t1", n_classes=2)
@@ -19,6 +20,7 @@ import math
 from typing import Any
 
 import attrs
+import networkx as nx
 
 from jointnet.errors import InvariantError, SpecError
 from jointnet.frozen import FrozenDict
@@ -28,9 +30,9 @@ from jointnet.rewrite import NO_CHANGE, Draft, rewrite
 from jointnet.shapes import route_sink, task_shapes
 
 __all__ = [
-    "add_input", "add_task", "add_node", "add_head", "bind", "clone_node", "reroute",
+    "add_input", "add_task", "add_node", "add_head", "bind", "route_through", "clone_node", "reroute",
     "remove_task", "prune", "widen", "attach_mask", "commit_mask", "release_mask",
-    "freeze", "unfreeze", "set_lr_scale", "per_task_bn", "annotate",
+    "freeze", "unfreeze", "set_lr_scale", "per_task_bn", "add_task_embedding", "annotate",
 ]
 
 
@@ -217,6 +219,63 @@ def bind(d: Draft, /, *, task: str, to: str) -> None:
     _check_task(d, task)
 
 
+@rewrite
+def route_through(d: Draft, /, *, task: str, like: str, upto: Any) -> Any:
+    """Route the open `task` along the part of `like`'s route that feeds the nodes `upto`.
+
+    Every edge of `like`'s route that leads to one of `upto` (directly or through other nodes)
+    is routed for `task` too, with its port; the nodes are shared and no parameters are added,
+    so `task` computes at each of `upto` exactly what `like` computes there. The nodes of `upto`
+    end `task`'s route until `add_node` feeds them to something (Progressive Nets read the
+    earlier columns this way, as lateral sources). Nothing to add returns the net unchanged.
+
+    >>> from jointnet import backbones
+    >>> net = add_task(backbones.build(backbones.mlp(4, [8, 8]), task="t1", n_classes=2), task="t2")
+    >>> route_through(net, task="t2", like="t1", upto=["relu1"]).route("t2")
+    ['input', 'fc1', 'relu1']
+    """
+    info = _require_open(d, task)
+    other = d.task(like)
+    if like == task:
+        raise d.error("a task cannot be routed like itself")
+    if other.input != info.input:
+        raise d.error(f"task {like!r} reads input {other.input!r}, task {task!r} reads {info.input!r}")
+    targets = _as_list(d, upto, "upto")
+    theirs = set(d.route(like))
+    for n in targets:
+        if n not in theirs:
+            raise d.error(f"task {like!r} does not route through {n!r}")
+        if d.node(n).kind == "Head":
+            raise d.error(f"{n!r} is {like!r}'s head; a route cannot continue past a head")
+    # The edges of `like` into the ancestors of `upto` on its route (upto included).
+    wanted: list[tuple[str, str, int]] = []
+    seen: set[str] = set()
+    stack = list(targets)
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        for u, _, data in d.g.in_edges(v, data=True):
+            if like in data["tasks"]:
+                wanted.append((u, v, data["port"]))
+                stack.append(u)
+    mine = set(d.route(task))
+    for v in sorted(seen & mine):
+        have = sorted((data["port"], u) for u, _, data in d.g.in_edges(v, data=True) if task in data["tasks"])
+        want = sorted((p, u) for u, w, p in wanted if w == v)
+        if have and have != want:
+            raise d.error(f"task {task!r} already routes into {v!r} from {[u for _, u in have]}, "
+                          f"task {like!r} from {[u for _, u in want]}")
+    new = [(u, v, p) for u, v, p in wanted if task not in d.g.edges[u, v]["tasks"]]
+    if not new:
+        return NO_CHANGE
+    for u, v, p in sorted(new):
+        d.route_edge(u, v, task, p)
+    _check_task(d, task)
+    return None
+
+
 def _move_routes(d: Draft, task: str, node: str, to: str) -> None:
     for u, _, data in list(d.g.in_edges(node, data=True)):
         if task in data["tasks"]:
@@ -293,6 +352,9 @@ def reroute(d: Draft, /, *, task: str, node: str, to: str) -> None:
     if target.kind != d.node(node).kind:
         raise d.error(f"{to!r} is a {target.kind}, {node!r} a {d.node(node).kind}")
     _move_routes(d, task, node, to)
+    if not nx.is_directed_acyclic_graph(d.g):
+        # Other tasks' edges may already lead from `node`'s successors back to `to`.
+        raise d.error(f"routing {task!r} through {to!r} would close a cycle")
     d.g.nodes[node]["n"] = attrs.evolve(
         d.node(node),
         params=tuple(p for p in d.node(node).params if p.task != task),
@@ -398,9 +460,11 @@ def widen(d: Draft, /, *, node: str, k: int, task: str, init: str = "fresh") -> 
             _grow_bn(d, succ, group, k)
             stack.extend((w, factor) for w in d.g.successors(n))
         elif succ.kind == "Flatten":
-            users = d.view().users(n)
+            # H*W from the net before this rewrite: on the draft, the task that sees the new
+            # channels may not shape-check until its consumers have grown.
+            users = d.base.users(n)
             some = sorted(users)[0]
-            shape = _check_task(d, some)[d.view().inputs_of(n, some)[0]]
+            shape = task_shapes(d.base, some)[d.base.inputs_of(n, some)[0]]
             stack.extend((w, factor * math.prod(shape[1:])) for w in d.g.successors(n))
         elif succ.spec.passes_channels:
             stack.extend((w, factor) for w in d.g.successors(n))
@@ -506,16 +570,20 @@ def release_mask(d: Draft, /, *, node: str, task: str, param: str = "weight") ->
 
 
 def _set_policy(d: Draft, nodes: Any, task: str | None, **change: Any) -> Any:
+    # A task entry starts from what the task gets now (its entry, else the all-task entry) and
+    # is dropped when it equals that fallback: so `unfreeze(task=t)` after `freeze(task=None)`
+    # does unfreeze for t, and the policy keeps no redundant entries.
     if task is not None:
         d.task(task)
     changed = False
     for n in _as_list(d, nodes):
         key = (task, n)
-        old = d.policy.get(key, NodePolicy())
+        fallback = NodePolicy() if task is None else d.policy.get((None, n), NodePolicy())
+        old = d.policy.get(key, fallback)
         new = attrs.evolve(old, **change)
         if new != old:
             changed = True
-            if new == NodePolicy():
+            if new == fallback:
                 d.policy.pop(key, None)
             else:
                 d.policy[key] = new
@@ -562,6 +630,36 @@ def per_task_bn(d: Draft, /, *, node: str, task: str, init: str = "copy") -> Non
                 new.append(Param(name, d.fresh_key(node, f"{name}.{task}"), p.shape, how,
                                  owner=task, task=task, block=p.block, buffer=p.buffer))
     d.set_node(attrs.evolve(n, params=n.params + tuple(new)))
+
+
+@rewrite
+def add_task_embedding(d: Draft, /, *, node: str, task: str, init: str = "fresh") -> None:
+    """Give `task` its own ``embedding`` on the `Gate` node `node` (a per-task variant).
+
+    Other tasks keep theirs (or the node's shared default); `task`'s forward pass and training
+    use only the new tensor, which `task` owns. init: ``fresh`` (the spec's scheme, N(0, 1)) or
+    ``copy`` (a copy of the node's shared default embedding).
+
+    >>> from jointnet import backbones
+    >>> layers = [{"kind": "linear", "out_f": 4}, {"kind": "relu"}, {"kind": "Gate"}]
+    >>> net = backbones.build(layers, input_shape=(3,), task="t1", n_classes=2)
+    >>> net = add_task_embedding(net, node="gate1", task="t1")
+    >>> [(p.name, p.task) for p in net.node("gate1").params]
+    [('embedding', None), ('embedding', 't1')]
+    """
+    if init not in ("fresh", "copy"):
+        raise d.error(f"init must be 'fresh' or 'copy' (got {init!r})")
+    d.require_on_route(task, node)
+    n = d.node(node)
+    info = n.spec.params().get("embedding")
+    if info is None or info.buffer:
+        raise d.error(f"{node!r} is a {n.kind}; only Gate nodes hold task embeddings")
+    if any(p.name == "embedding" and p.task == task for p in n.params):
+        raise d.error(f"task {task!r} already has its own embedding on {node!r}")
+    base = n.param("embedding")
+    how = Init.copy(base.key) if init == "copy" else Init.fresh(info.init, info.fan_in)
+    new = Param("embedding", d.fresh_key(node, f"embedding.{task}"), base.shape, how, owner=task, task=task)
+    d.set_node(attrs.evolve(n, params=n.params + (new,)))
 
 
 _PLAIN = (str, int, float, bool, type(None))

@@ -3,8 +3,9 @@
 - Optimizer parameter groups come from the policy (`jointnet.train.param_groups`): frozen nodes
   are left out, every other node trains at ``lr * lr_scale``.
 - A strategy plugs in through `Hooks`: an extra loss term (EWC, LwF, HAT), a gradient transform
-  between ``backward()`` and ``step()`` (SPG, HAT, PackNet), a step callback, and a per-batch
-  context (HAT's annealed ``s``).
+  between ``backward()`` and ``step()`` (SPG, HAT, PackNet), a step callback, a per-batch
+  context (HAT's annealed ``s``), and optionally its own training forward plus extra optimizer
+  groups for tensors off the task's route (LwF: old heads trained through a multi-task forward).
 - Early stopping on validation accuracy keeps the best weights of the tensors being trained; LR
   schedules: none, cosine, step, or plateau (divide by `lr_factor` after `lr_patience` epochs
   without improvement, stop below `min_lr`, as HAT's and PackNet's code do).
@@ -72,6 +73,20 @@ class Hooks:
         """Called before each forward with ctx['batch'], ctx['n_batches'], ctx['epoch'], ctx['training']."""
         return None
 
+    def forward(self, module, x, ctx: dict) -> torch.Tensor:
+        """The training forward pass of one batch; returns the trained task's logits.
+
+        Default ``module(x)``. A strategy may run another module that shares the store's tensors
+        (LwF: one multi-task forward computing the shared trunk once) and stash the other
+        outputs in `ctx` for `extra_loss`.
+        """
+        return module(x)
+
+    def extra_param_groups(self, net, store, task: str, lr: float) -> list[dict]:
+        """Optimizer groups (``{"params", "lr", "name"}``) for tensors off `task`'s route that the
+        loss also trains (LwF's old heads); they must not repeat the task's own tensors."""
+        return []
+
 
 @attrs.define
 class TrainResult:
@@ -127,6 +142,10 @@ def train_task(
     device = config.device
     module = compile_net(net, store, task)
     groups = param_groups(net, store, task, config.lr)
+    extra_groups = getattr(hooks, "extra_param_groups", None)
+    if extra_groups is not None:
+        groups = groups + list(extra_groups(net, store, task, config.lr))
+    forward = getattr(hooks, "forward", None) or (lambda m, xb, ctx: m(xb))
     result = TrainResult()
     if config.epochs == 0:
         return result
@@ -164,7 +183,7 @@ def train_task(
             hooks.batch_context(module, ctx)
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                logits = module(xb)
+                logits = forward(module, xb, ctx)
                 loss = F.cross_entropy(logits.float(), yb)
                 extra = hooks.extra_loss(module, xb, yb, logits, ctx)
                 if extra is not None:

@@ -5,5 +5,8 @@ Importing this package registers the built-in strategies; `strategies.base.get(n
 
 from strategies.base import STRATEGIES, RunState, Strategy, get, register
 from strategies import simple  # noqa: F401  (registers finetune, independent, frozen)
+from strategies import packnet, pnn  # noqa: F401
+from strategies import hat  # noqa: F401
+from strategies import ewc, lwf  # noqa: F401
 
 __all__ = ["STRATEGIES", "RunState", "Strategy", "get", "register"]

@@ -65,7 +65,7 @@ def get(name: str, **options: Any) -> "Strategy":
         raise JointNetError(f"no strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
     try:
         return STRATEGIES[name](**options)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # unknown option / a validator's complaint
         raise JointNetError(f"bad options for strategy {name!r}: {e}") from None
 
 
