@@ -282,9 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_run)
 
-    s = sub.add_parser("demo", help="grow a small net over a synthetic task stream and show it")
-    s.add_argument("--out", default=None, metavar="DIR", help="where snapshots go")
-    s.add_argument("--epochs", type=int, default=None, help="training epochs per task")
+    s = sub.add_parser("demo", help="PackNet, fine-tuning and independent nets on split Fashion-MNIST")
+    s.add_argument("--out", default=None, metavar="DIR", help="where runs go (default ./jointnet-demo)")
+    s.add_argument("--epochs", type=int, default=None, help="training epochs per task (default 2)")
+    s.add_argument("--n-train", type=int, default=None, help="training images per task (default 2000)")
+    s.add_argument("--data-dir", default=None, metavar="DIR", help="where Fashion-MNIST is")
+    s.add_argument("--seed", type=int, default=None)
     s.set_defaults(func=_cmd_demo)
     return p
 

@@ -150,7 +150,19 @@ def _build(net: JointNet, store: ParamStore, names: tuple[str, ...], single: boo
             spec = net.effective_spec(task, n)
             ins = tuple(sigs[u] for u in net.inputs_of(n, task))
             psig = tuple((name, tuple(tuple(p.key for p in row) for row in rows)) for name, rows in grid.items())
-            sig = (n, spec, psig, masks, ins)
+            # A BatchNorm frozen for the task normalises with its running statistics and never
+            # updates them, even in train mode (PAR spec §10: freezing also freezes bn_mode), so
+            # training a task cannot move statistics it froze and other tasks may read.
+            # With keep_owned, statistics the task owns outright (its per-task variant, or a
+            # node only it uses) still update.
+            pol = net.policy_for(task, n)
+            frozen_bn = node.kind == "BatchNorm" and pol.frozen and not (
+                pol.keep_owned and all(
+                    p.task == task or p.owner == task or (p.owner is None and net.users(n) == {task})
+                    for rows in grid.values() for row in rows for p in row
+                )
+            )
+            sig = (n, spec, psig, masks, ins, frozen_bn)
             sigs[n] = sig
             if sig in sig_var:
                 continue
@@ -160,6 +172,8 @@ def _build(net: JointNet, store: ParamStore, names: tuple[str, ...], single: boo
             in_vars = [sig_var[s] for s in ins]
             try:
                 expr = _emit(net, task, n, spec, grid, in_vars, ref)
+                if frozen_bn:
+                    expr = expr.replace("self.training", "False")
             except JointNetError:
                 raise
             except Exception as e:  # pragma: no cover - a bug in a spec's emit

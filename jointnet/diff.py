@@ -304,6 +304,8 @@ def _policy(p) -> str:
     if p is None:
         return "default"
     out = "frozen" if p["frozen"] else "trainable"
+    if p["frozen"] and p.get("keep_owned"):
+        out += " (own tensors train)"
     if p["lr_scale"] != 1.0:
         out += f", lr x{p['lr_scale']:g}"
     return out

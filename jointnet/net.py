@@ -197,10 +197,15 @@ class TaskInfo:
 
 @attrs.frozen
 class NodePolicy:
-    """How a node trains for a task: frozen or not, and a learning-rate scale."""
+    """How a node trains for a task: frozen or not, and a learning-rate scale.
+
+    `keep_owned`: with `frozen`, the training task's own tensors on the node (channels it grew,
+    its per-task variants, its live masks) still train; only what others share is frozen.
+    """
 
     frozen: bool = False
     lr_scale: float = 1.0
+    keep_owned: bool = False
 
 
 DEFAULT_POLICY = NodePolicy()

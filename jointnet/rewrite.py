@@ -139,7 +139,9 @@ class Draft:
         """A parameter key that no other version of this lineage gives another meaning."""
         from jointnet.net import _lineage
 
-        tag = _lineage(self.base.lineage, Record(self.name, FrozenDict(self.kwargs)))
+        # Frozen kwargs, as in the log record: a replay passes thawed lists where the caller may
+        # have passed tuples, and both must give the same keys.
+        tag = _lineage(self.base.lineage, Record(self.name, FrozenDict(freeze(self.kwargs))))
         key = f"{node_id}.{name}@{tag}"
         if self._keys is None:
             self._keys = {p.key for _, d in self.g.nodes(data=True) for p in d["n"].params}

@@ -591,15 +591,22 @@ def _set_policy(d: Draft, nodes: Any, task: str | None, **change: Any) -> Any:
 
 
 @rewrite
-def freeze(d: Draft, /, *, nodes: Any, task: str | None = None) -> Any:
-    """Mark `nodes` frozen when training `task` (None: every task)."""
-    return _set_policy(d, nodes, task, frozen=True)
+def freeze(d: Draft, /, *, nodes: Any, task: str | None = None, keep_owned: bool = False) -> Any:
+    """Mark `nodes` frozen when training `task` (None: every task).
+
+    With `keep_owned`, the training task's own tensors on those nodes (channels it grew with
+    `widen`, its `per_task_bn` variants, its live masks) still train (GROWN-style: old kernels
+    frozen, new channels learn).
+    """
+    if not isinstance(keep_owned, bool):
+        raise d.error(f"keep_owned must be a bool (got {keep_owned!r})")
+    return _set_policy(d, nodes, task, frozen=True, keep_owned=keep_owned)
 
 
 @rewrite
 def unfreeze(d: Draft, /, *, nodes: Any, task: str | None = None) -> Any:
     """Mark `nodes` trainable again when training `task` (None: every task)."""
-    return _set_policy(d, nodes, task, frozen=False)
+    return _set_policy(d, nodes, task, frozen=False, keep_owned=False)
 
 
 @rewrite

@@ -352,7 +352,7 @@ _NODE_KEYS = frozenset((
 ))
 _EDGE_KEYS = frozenset(("src", "dst", "port", "tasks"))
 _TASK_KEYS = frozenset(("name", "input", "added_at", "head", "annotations"))
-_POLICY_KEYS = frozenset(("task", "node", "frozen", "lr_scale"))
+_POLICY_KEYS = frozenset(("task", "node", "frozen", "lr_scale", "keep_owned"))
 _RECORD_KEYS = frozenset(("name", "kwargs"))
 _NET_KEYS = frozenset(("version", "lineage", "nodes", "edges", "tasks", "policy", "annotations", "log"))
 _STORE_KEYS = frozenset(("seed",))
@@ -410,7 +410,8 @@ def _enc_net(net: JointNet) -> dict:
         for t in net.tasks.values()
     ]
     policy = [
-        {"task": task, "node": node, "frozen": p.frozen, "lr_scale": p.lr_scale}
+        {"task": task, "node": node, "frozen": p.frozen, "lr_scale": p.lr_scale,
+         "keep_owned": p.keep_owned}
         for (task, node), p in net.policy.items()
     ]
     log = [{"name": r.name, "kwargs": _enc(r.kwargs)} for r in net.log]
@@ -587,7 +588,8 @@ def _dec_task(v: Any) -> TaskInfo:
 def _dec_policy(v: Any) -> tuple[tuple, NodePolicy]:
     p = _map(v, _POLICY_KEYS, "policy entry")
     key = (_opt_str(p["task"], "task"), _str(p["node"], "node"))
-    return key, NodePolicy(_bool(p["frozen"], "frozen"), _num(p["lr_scale"], "lr_scale"))
+    return key, NodePolicy(_bool(p["frozen"], "frozen"), _num(p["lr_scale"], "lr_scale"),
+                          _bool(p["keep_owned"], "keep_owned"))
 
 
 def _dec_record(v: Any) -> Record:

@@ -1,8 +1,9 @@
 """From train policy to optimizer: parameter groups for one task, and a minimal training loop.
 
 The policy (`freeze`, `set_lr_scale`) is data on the net; `param_groups` turns it into torch
-optimizer groups for the task being trained: frozen nodes contribute nothing, every other node
-its tensors at ``lr * lr_scale``. Only tensors the task's forward pass uses are included.
+optimizer groups for the task being trained: frozen nodes contribute nothing (a frozen BatchNorm
+also keeps its running statistics, see `compile_net`), every other node its tensors at
+``lr * lr_scale``. Only tensors the task's forward pass uses are included.
 
 >>> from jointnet import backbones, set_lr_scale
 >>> from jointnet.params import ParamStore
@@ -41,6 +42,14 @@ def task_tensors(net: JointNet, task: str) -> dict[str, list[str]]:
     return out
 
 
+def _owned_keys(net: JointNet, task: str, n: str) -> set[str]:
+    """Keys on node `n` that belong to `task` alone: its grown channels, variants and masks."""
+    node = net.node(n)
+    sole = net.users(n) == frozenset({task})
+    keys = {p.key for p in node.params if p.owner == task or p.task == task or (sole and p.owner is None)}
+    return keys | {m.key for m in node.masks if m.task == task}
+
+
 def param_groups(net: JointNet, store: ParamStore, task: str, lr: float) -> list[dict]:
     """Optimizer parameter groups for training `task`, one per learning-rate scale.
 
@@ -52,8 +61,12 @@ def param_groups(net: JointNet, store: ParamStore, task: str, lr: float) -> list
     by_scale: dict[float, list[nn.Parameter]] = {}
     for n, keys in task_tensors(net, task).items():
         pol = net.policy_for(task, n)
-        if pol.frozen or pol.lr_scale == 0:
+        if pol.lr_scale == 0:
             continue
+        if pol.frozen:
+            if not pol.keep_owned:
+                continue
+            keys = [k for k in keys if k in _owned_keys(net, task, n)]
         by_scale.setdefault(pol.lr_scale, []).extend(store[k] for k in keys)
     return [
         {"params": ps, "lr": lr * s, "name": f"lr_scale={s}"}
@@ -83,7 +96,7 @@ def fit(
         loss = F.cross_entropy(module(x), y)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 

@@ -106,7 +106,7 @@ def test_log(capsys, snaps):
     assert lines[0] == "v1   add_input(node='input', shape=(4,))"
     assert lines[6] == "v7   bind(task='t2', to='t1')"
     assert lines[-3].startswith("v9   clone_node(node='fc1', task='t2'")
-    assert lines[-1] == "v11  freeze(nodes='relu1', task='t2')"
+    assert lines[-1] == "v11  freeze(nodes='relu1', task='t2', keep_owned=False)"
 
 
 def test_log_json(capsys, snaps):
