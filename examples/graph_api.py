@@ -66,13 +66,13 @@ def main(out_dir: Path | None = None) -> None:
 
     store.realize(net)  # creates exactly the tensors the rewrites asked for
     probe = data["t1"][0][:32]
-    before = compile_net(net, store, "t1").eval()(probe)
+    before = compile_net(net, store, "t1").eval()(probe).detach()
     fit(net, store, "t2", batches(*data["t2"]))
     # Freeze what t3 shares, except its own new channels in conv1 (keep_owned).
     shared = [n for n in net.route("t3") if len(net.users(n)) > 1 and net.node(n).params]
     net = jn.freeze(net, nodes=shared, task="t3", keep_owned=True)
     fit(net, store, "t3", batches(*data["t3"], epochs=6))  # fewer free tensors: more epochs
-    after = compile_net(net, store, "t1").eval()(probe)
+    after = compile_net(net, store, "t1").eval()(probe).detach()
     print(net, "\n")
     print("t1's outputs after training t2 (0.1x on shared layers) and t3 (shared frozen, own channels train):",
           f"max |delta| = {float((after - before).abs().max()):.2e}")

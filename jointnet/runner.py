@@ -143,7 +143,8 @@ def _go(spec: RunSpec, out: Path, *, echo, progress: bool) -> dict:
     from strategies.base import RunState, get
 
     strategy = get(spec.strategy, **spec.strategy_options)
-    config = TrainConfig(**{**spec.config, "seed": spec.seed, "progress": progress})
+    config = TrainConfig(**{**type(strategy).recommended_config, **spec.config, "seed": spec.seed,
+                            "progress": progress})
     stream = _load_stream(spec)
     names = [t.name for t in stream.tasks]
     results_path = out / "results.json"

@@ -114,6 +114,8 @@ class Strategy:
     """Base class with the default steps; subclasses are attrs classes holding their options."""
 
     name: ClassVar[str] = "?"
+    # TrainConfig fields the method's paper uses; the runner applies them under a run's config.
+    recommended_config: ClassVar[dict[str, Any]] = {}
 
     def before_task(self, state: RunState, task, index: int) -> None:
         raise NotImplementedError

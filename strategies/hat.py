@@ -42,7 +42,7 @@ runner's `default_backbone`), ``insert_gates=True`` (False: the backbone must al
 **Train config.** The runner's `TrainConfig` sets optimizer, learning rate and schedule. HAT's
 code uses `RECOMMENDED_CONFIG`: plain SGD (momentum 0), lr 0.05, batch 64, up to 200 epochs,
 lr / 3 after 5 epochs without validation improvement, stop below lr 1e-4 (``schedule="plateau"``).
-Pass it as ``RunSpec(..., config=RECOMMENDED_CONFIG)`` or ``jointnet run ... --config``.
+The runner uses it as the strategy's defaults (a run's ``config`` / ``-T key=value`` override it).
 
 **Choices the spec leaves open** (``[ours]``):
 
@@ -65,7 +65,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -429,8 +429,11 @@ class HATHooks(Hooks):
 class HAT(Strategy):
     """HAT (Serra et al., ICML 2018; SPG spec §8.4): per-task hard attention gates on a shared trunk.
 
-    Options (defaults are the paper's code): see the module docstring.
+    Options (defaults are the paper's code): see the module docstring. The runner starts from
+    `recommended_config` (the paper's optimizer and schedule); a run's own config overrides it.
     """
+
+    recommended_config: ClassVar[dict[str, Any]] = RECOMMENDED_CONFIG
 
     backbone: list | None = None
     insert_gates: bool = attrs.field(default=True, validator=instance_of(bool))
