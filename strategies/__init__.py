@@ -8,5 +8,6 @@ from strategies import simple  # noqa: F401  (registers finetune, independent, f
 from strategies import packnet, pnn  # noqa: F401
 from strategies import hat  # noqa: F401
 from strategies import ewc, lwf  # noqa: F401
+from strategies import l2bg  # noqa: F401  (registers l2bg, l2bg-random)
 
 __all__ = ["STRATEGIES", "RunState", "Strategy", "get", "register"]
