@@ -393,7 +393,10 @@ class JointNet:
         if key not in self._cache:
             ids = set()
             for n in self.route(task):
-                ids.update(g.id for g in self.node(n).out_groups)
+                # Only producers (the nodes `widen` grew): a BatchNorm downstream holds the group
+                # too, but a route may reach it from another producer that lacks the group.
+                if self.node(n).spec.producer:
+                    ids.update(g.id for g in self.node(n).out_groups)
             self._cache[key] = frozenset(ids)
         return self._cache[key]
 

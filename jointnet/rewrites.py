@@ -48,11 +48,21 @@ def _fresh_params(d: Draft, node_id: str, spec: Layer) -> tuple[Param, ...]:
 
 
 def _check_task(d: Draft, task: str) -> dict[str, tuple[int, ...]]:
-    """Shape-check `task`'s route on the draft; a mismatch becomes a RewriteError."""
+    """Shape-check `task`'s route on the draft, its masks included (a reroute can hide channels
+    a mask covers); a mismatch becomes a RewriteError."""
+    view = d.view()
     try:
-        return task_shapes(d.view(), task)
+        shapes = task_shapes(view, task)
     except InvariantError as e:
         raise d.error(str(e)) from None
+    for n in view.route(task):
+        for m in view.node(n).masks:
+            if m.task == task:
+                full = view.effective_spec(task, n).params()[m.param].shape
+                if any(a > b for a, b in zip(m.shape, full)):
+                    raise d.error(f"task {task!r}'s mask on {n!r}.{m.param} covers {m.shape}, more than "
+                                  f"the {full} it would see; release the mask first")
+    return shapes
 
 
 def _require_open(d: Draft, task: str) -> TaskInfo:
@@ -176,6 +186,9 @@ def add_head(
     elif after not in d.route(task):
         d.node(after)
         raise d.error(f"{after!r} is not on the route of task {task!r}")
+    elif sinks != [after]:
+        rest = [s for s in sinks if s != after]
+        raise d.error(f"{after!r} is not the end of task {task!r}'s route; {rest} would feed nothing")
     shapes = _check_task(d, task)
     shape = shapes[after]
     if len(shape) != 1:

@@ -132,8 +132,8 @@ def test_route_through_errors_name_task_and_node():
     open_ = add_node(open_, node="side", spec={"kind": "linear", "out_f": 3}, inputs=["relu1"], task="t2")
     with pytest.raises(RewriteError, match="ends in"):
         add_head(open_, task="t2", n_classes=2)
-    with pytest.raises(InvariantError, match="not only at its head"):
-        check(add_head(open_, task="t2", n_classes=2, after="side"))
+    with pytest.raises(RewriteError, match="would feed nothing"):
+        add_head(open_, task="t2", n_classes=2, after="side")
 
 
 # ---- PNN --------------------------------------------------------------------------------------

@@ -1,0 +1,804 @@
+"""A Hypothesis state machine driving random sequences of the primitive rewrites.
+
+Each rule applies a rewrite to the net (and, for routes and node sets, to a simple reference
+model), then the invariants below run after every step:
+
+- `check(net)` holds, and the reference model agrees with `net.route` / `net.users` / nodes;
+- every earlier version is unchanged (structure and version as recorded when it was made);
+- `replay(net.log) == net`; the snapshot round trip gives an equal net and bit-identical outputs
+  (when `jointnet.snapshot` exists);
+- the multi-task compile gives bit-identical outputs to the single-task compiles, and open tasks
+  do not compile.
+
+Per step: the version rises by exactly one per effective rewrite with `log[-1].name` the
+rewrite's name; a rewrite that fails raises `RewriteError` naming itself and leaves the net as it
+was; and every task other than the one a rewrite acts on computes bit-identical outputs
+(eval mode, fixed probe batch) after the store is realized for the new net. Between rewrites a
+task is sometimes trained for 1-2 SGD steps, so copies and shared tensors behave differently.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import attrs
+import torch
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+
+import gen
+import invariants as inv
+from jointnet import rewrites as rw
+from jointnet.check import check
+from jointnet.errors import JointNetError, RewriteError
+from jointnet.frozen import freeze as freeze_value
+from jointnet.net import NodePolicy
+from jointnet.params import ParamStore
+from jointnet.rewrite import replay
+from jointnet.shapes import route_sink, task_shapes
+from jointnet.train import fit, param_groups
+
+MAX_TASKS = 5
+# Kinds a widening passes through on its way to the next Conv2d / Linear / Head.
+_CHANNEL_PASSING = {"BatchNorm", "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "Flatten", "Dropout", "Identity"}
+
+
+def _widen_ok(net, node: str) -> bool:
+    """Whether widening `node` can propagate: no Add/Concat before the next consumers."""
+    stack, seen = list(net.graph.successors(node)), set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        kind = net.node(n).kind
+        if kind in ("Add", "Concat"):
+            return False
+        if kind in _CHANNEL_PASSING:
+            stack.extend(net.graph.successors(n))
+    return True
+
+
+class JointNetMachine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.net = None
+        self.ids = itertools.count()
+
+    # ---- set-up -------------------------------------------------------------------------------
+
+    @initialize(backbone=gen.backbones(), classes=gen.n_classes, extra=st.lists(gen.n_classes, max_size=2))
+    def start(self, backbone, classes, extra):
+        self.bb = backbone
+        self.net = check(backbone.build("t1", classes))
+        self.store = ParamStore(seed=0).realize(self.net)
+        self.x = gen.probe(backbone.input_shape)
+        self.history = [(self.net, self.net.version, self.net.structure())]
+        route = self.net.route("t1")
+        assert route[0] == "input" and route[-1] == "head.t1"
+        # The reference model: per task its route edges, input and head; the node set.
+        self.ref_edges = {"t1": inv.route_edges(self.net, "t1")}
+        self.ref_input = {"t1": "input"}
+        self.ref_head = {"t1": "head.t1"}
+        self.ref_nodes = set(route)
+        self.refs: list[str] = []  # store keys for TensorRef annotations
+        # Most interesting states have tasks sharing t1's trunk: start with up to two.
+        for n in extra:
+            t = self._fresh("t")
+            self._apply(rw.add_task, task=t, acted=(t,))
+            self._apply(rw.bind, task=t, to="t1", acted=(t,))
+            self._apply(rw.add_head, task=t, n_classes=n, acted=(t,))
+            (end,) = [u for u, v, _ in self.ref_edges["t1"] if v == "head.t1"]
+            self.ref_edges[t] = {e for e in self.ref_edges["t1"] if e[1] != "head.t1"} | {(end, f"head.{t}", 0)}
+            self.ref_input[t], self.ref_head[t] = "input", f"head.{t}"
+            self.ref_nodes.add(f"head.{t}")
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _fresh(self, prefix: str) -> str:
+        """A name no node or task of any version has had (the backbone uses t1 and short names)."""
+        return f"{prefix}{next(self.ids)}x"
+
+    def _closed(self) -> list[str]:
+        return [t for t in self.net.tasks if self.net.tasks[t].head is not None]
+
+    def _open(self) -> list[str]:
+        return [t for t in self.net.tasks if self.net.tasks[t].head is None]
+
+    def _on_route(self, kinds=None, tasks=None):
+        """(task, node) pairs, node on task's route (inputs excluded), optionally of `kinds`."""
+        out = []
+        for t in self.net.tasks if tasks is None else tasks:
+            for n in self.net.route(t):
+                kind = self.net.node(n).kind
+                if kind != "Input" and (kinds is None or kind in kinds):
+                    out.append((t, n))
+        return out
+
+    def _pick(self, data, good: list, bad: list, label: str):
+        """Mostly an item of `good`, about one time in ten one of `bad` (an invalid pick); None
+        when both are empty."""
+        if bad and (not good or data.draw(st.integers(0, 9), label="pick_bad") == 0):
+            return data.draw(st.sampled_from(bad), label=label)
+        return data.draw(st.sampled_from(good), label=label) if good else None
+
+    def _apply(self, fn, *, expect: str = "change", acted=(), **kwargs):
+        """Apply rewrite `fn` and check what every step must satisfy.
+
+        expect: ``change`` (must give a new version), ``error`` (must raise RewriteError),
+        ``nochange`` (must return the same net), ``maybe`` (change or no change), ``any``.
+        acted: the tasks whose outputs may change; every other task's must be bit-identical.
+        Returns the new net, or None when the rewrite raised.
+        """
+        name = fn.rewrite_name
+        before = self.net
+        version, structure = before.version, before.structure()
+        out_before = inv.outputs(before, self.store, self.x)
+        try:
+            new = fn(before, **kwargs)
+        except RewriteError as e:
+            assert expect in ("error", "any"), f"{name}({kwargs}) raised unexpectedly: {e}"
+            assert e.rewrite == name and name in str(e)
+            assert e.version == version
+            assert before.version == version and before.structure() == structure
+            return None
+        assert expect != "error", f"{name}({kwargs}) should have raised RewriteError"
+        if new is before:
+            assert expect in ("nochange", "maybe", "any"), f"{name}({kwargs}) changed nothing"
+            assert before.structure() == structure
+            return before
+        assert expect != "nochange", f"{name}({kwargs}) should have changed nothing"
+        assert new.version == version + 1, (new.version, version)
+        assert len(new.log) == len(before.log) + 1
+        assert new.log[-1].name == name
+        logged = dict(new.log[-1].kwargs)
+        for k, v in kwargs.items():
+            assert logged[k] == freeze_value(v), (k, logged[k], v)
+        assert before.structure() == structure, "the rewrite changed its input"
+        check(new)
+        self.store.realize(new)
+        out_after = inv.outputs(new, self.store, self.x)
+        others = [t for t in out_before if t in out_after and t not in acted]
+        inv.assert_outputs_equal(out_before, out_after, others, f"{name}({kwargs})")
+        self.net = new
+        self.history.append((new, new.version, new.structure()))
+        self._out_before = out_before
+        return new
+
+    def _replace_in_route(self, task: str, old: str, new: str) -> None:
+        self.ref_edges[task] = {
+            (new if u == old else u, new if v == old else v, p) for u, v, p in self.ref_edges[task]
+        }
+        if self.ref_head[task] == old:
+            self.ref_head[task] = new
+        self.ref_nodes.add(new)
+
+    # ---- tasks --------------------------------------------------------------------------------
+
+    @precondition(lambda self: self.net is not None and len(self.net.tasks) < MAX_TASKS)
+    @rule(data=st.data())
+    def new_task(self, data):
+        t = self._fresh("t")
+        mode = data.draw(st.sampled_from(["bind", "bind_extend", "own", "open_bind", "open_empty"]), label="mode")
+        self._apply(rw.add_task, task=t, acted=(t,))
+        self.ref_edges[t], self.ref_input[t], self.ref_head[t] = set(), "input", None
+        if mode != "own" and mode != "open_empty" and self._closed():
+            to = data.draw(st.sampled_from(self._closed()), label="bind_to")
+            self._apply(rw.bind, task=t, to=to, acted=(t,))
+            self.ref_edges[t] = {e for e in self.ref_edges[to] if e[1] != self.ref_head[to]}
+        if mode in ("bind_extend", "own"):
+            for _ in range(data.draw(st.integers(1, 3), label="n_layers")):
+                self._extend(t, data)
+        if not mode.startswith("open"):
+            self._close(t, data)
+
+    @precondition(lambda self: self.net is not None and any(i.head is None for i in self.net.tasks.values()))
+    @rule(data=st.data())
+    def grow_open(self, data):
+        t = data.draw(st.sampled_from(self._open()), label="task")
+        self._extend(t, data)
+
+    @precondition(lambda self: self.net is not None and any(i.head is None for i in self.net.tasks.values()))
+    @rule(data=st.data())
+    def close_open(self, data):
+        self._close(data.draw(st.sampled_from(self._open()), label="task"), data)
+
+    def _extend(self, t: str, data) -> None:
+        """add_node one layer after the end of `t`'s open route (or a merge of two of its nodes)."""
+        shapes = task_shapes(self.net, t)
+        sinks = route_sink(self.net, t)
+        sink = sinks[-1]
+        shape = shapes[sink]
+        same = [n for n in self.net.route(t) if n != sink and shapes[n] == shape and n != "input"]
+        choices = ["relu", "identity"]
+        if len(shape) == 3:
+            choices += ["conv", "bn", "gap", "flatten"] + (["maxpool"] if min(shape[1:]) >= 2 else [])
+        else:
+            choices += ["linear", "dropout"]
+        if same:
+            choices += ["add", "concat"]
+        kind = data.draw(st.sampled_from(choices), label="layer")
+        inputs = [sink]
+        if kind == "conv":
+            spec = {"kind": "conv", "out_ch": data.draw(gen.widths), "padding": 1}
+        elif kind == "linear":
+            spec = {"kind": "linear", "out_f": data.draw(gen.widths)}
+        elif kind == "dropout":
+            spec = {"kind": "dropout", "p": 0.25}
+        elif kind in ("add", "concat"):
+            spec = {"kind": kind}
+            inputs = [data.draw(st.sampled_from(same), label="merge_with"), sink]
+        else:
+            spec = {"kind": kind}
+        node = self._fresh("n")
+        # A tuple must log (and replay) as the same list would.
+        given = tuple(inputs) if data.draw(st.booleans(), label="as_tuple") else inputs
+        self._apply(rw.add_node, node=node, spec=spec, inputs=given, task=t, acted=(t,))
+        self.ref_edges[t] |= {(u, node, i) for i, u in enumerate(inputs)}
+        self.ref_nodes.add(node)
+
+    def _close(self, t: str, data) -> None:
+        """add_head to `t` (a Flatten first if its route ends in images), maybe sharing a head."""
+        sink = route_sink(self.net, t)[-1]
+        if len(task_shapes(self.net, t)[sink]) != 1:
+            node = self._fresh("n")
+            self._apply(rw.add_node, node=node, spec={"kind": "flatten"}, inputs=[sink], task=t, acted=(t,))
+            self.ref_edges[t].add((sink, node, 0))
+            self.ref_nodes.add(node)
+            sink = node
+        width = task_shapes(self.net, t)[sink][0]
+        sharable = [u for u in self._closed() if self.net.node(self.net.tasks[u].head).spec.in_f == width]
+        if sharable and data.draw(st.booleans(), label="share_head"):
+            other = data.draw(st.sampled_from(sharable), label="share_with")
+            self._apply(rw.add_head, task=t, share_with=other, acted=(t,))
+            head = self.net.tasks[other].head
+        else:
+            node = data.draw(st.sampled_from([None, self._fresh("h")]), label="head_id")
+            after = data.draw(st.sampled_from([None, sink]), label="after")
+            self._apply(rw.add_head, task=t, n_classes=data.draw(gen.n_classes), node=node, after=after, acted=(t,))
+            head = node or f"head.{t}"
+        self.ref_edges[t].add((sink, head, 0))
+        self.ref_head[t] = head
+        self.ref_nodes.add(head)
+        # Closing twice is an error.
+        inv.assert_rewrite_fails(self.net, rw.add_head, task=t, n_classes=2)
+
+    @precondition(lambda self: self.net is not None and len(self.net.tasks) >= 2)
+    @rule(data=st.data())
+    def remove_task(self, data):
+        closed = self._closed()
+        pool = list(self.net.tasks) if len(closed) > 1 else self._open()
+        if not pool:
+            return
+        t = data.draw(st.sampled_from(pool), label="task")
+        self._apply(rw.remove_task, task=t, acted=(t,))
+        for ref in (self.ref_edges, self.ref_input, self.ref_head):
+            del ref[t]
+        assert t not in self.net.tasks
+        assert not any(k[0] == t for k in self.net.policy)
+        for n in self.net.nodes:
+            node = self.net.node(n)
+            assert all(p.task != t for p in node.params) and all(m.task != t for m in node.masks)
+
+    @precondition(lambda self: self.net is not None)
+    @rule()
+    def prune(self):
+        users = self._ref_users()
+        dead = {n for n in self.ref_nodes if not users.get(n)}
+        self._apply(rw.prune, expect="change" if dead else "nochange")
+        self.ref_nodes -= dead
+
+    # ---- structure ----------------------------------------------------------------------------
+
+    @precondition(lambda self: self.net is not None)
+    @rule(data=st.data())
+    def clone(self, data):
+        t, node = data.draw(st.sampled_from(self._on_route()), label="task_node")
+        init = data.draw(st.sampled_from(["copy", "fresh"]), label="init")
+        new_id = data.draw(st.sampled_from([None, self._fresh("c")]), label="new_id")
+        expect_id = new_id
+        if expect_id is None:
+            expect_id, i = f"{node}.{t}", 2
+            while expect_id in self.net:
+                expect_id, i = f"{node}.{t}.{i}", i + 1
+        src = self.net
+        grid = src.params_for(t, node)
+        policy = src.policy.get((t, node))
+        # A copy computes what the source computed, so even `t`'s outputs stay the same.
+        new = self._apply(rw.clone_node, node=node, task=t, init=init, new_id=new_id,
+                          acted=(t,) if init == "fresh" else ())
+        self._replace_in_route(t, node, expect_id)
+        clone = new.node(expect_id)
+        assert clone.cloned_from == node and clone.spec == src.effective_spec(t, node)
+        assert node not in new.route(t) and expect_id in new.route(t)
+        assert new.users(expect_id) == {t}
+        assert all(m.task != t for m in new.node(node).masks)
+        # t's own policy entry moves to the clone; the all-task entry stays with the source.
+        assert new.policy.get((t, expect_id)) == policy and (t, node) not in new.policy
+        src_keys = {p.key for rows in grid.values() for row in rows for p in row}
+        for p in clone.params:
+            assert p.key not in src_keys
+            if init == "copy":
+                a, b = self.store[p.key], self.store[p.init.src]
+                assert p.init.src in src_keys
+                assert torch.equal(a, b) and a is not b and a.data_ptr() != b.data_ptr()
+        if init == "copy":
+            assert sum(p.numel for p in clone.params) == sum(
+                p.numel for rows in grid.values() for row in rows for p in row)
+
+    @precondition(lambda self: self.net is not None)
+    @rule(data=st.data())
+    def reroute(self, data):
+        pairs = []
+        for t, n in self._on_route():
+            kind = self.net.node(n).kind
+            route = set(self.net.route(t))
+            pairs += [(t, n, m) for m in self.net.nodes if m not in route and self.net.node(m).kind == kind]
+        if not pairs:
+            return
+        t, node, to = data.draw(st.sampled_from(pairs), label="reroute")
+        # Shapes, ports or a cycle may forbid it: either outcome, but a failure changes nothing.
+        new = self._apply(rw.reroute, task=t, node=node, to=to, acted=(t,), expect="any")
+        if new is not None:
+            self._replace_in_route(t, node, to)
+            assert all(p.task != t for p in new.node(node).params)
+
+    # ---- channels -----------------------------------------------------------------------------
+
+    @precondition(lambda self: self.net is not None)
+    @rule(data=st.data())
+    def widen(self, data):
+        # Heads and ReLUs are never widened.
+        pick = self._pick(data, self._on_route({"Conv2d", "Linear"}), self._on_route({"Head", "ReLU"}), "task_node")
+        if pick is None:
+            return
+        t, node = pick
+        k = data.draw(st.integers(1, 3), label="k")
+        init = data.draw(st.sampled_from(["fresh", "zeros"]), label="init")
+        ok = self.net.node(node).kind in ("Conv2d", "Linear") and _widen_ok(self.net, node)
+        before = self.net
+        specs = {(u, n): before.effective_spec(u, n) for u in before.tasks for n in before.route(u)}
+        new = self._apply(rw.widen, node=node, k=k, task=t, init=init, acted=(t,),
+                          expect="change" if ok else "error")
+        if new is None:
+            return
+        old_w = before.node(node).spec.params()["weight"].shape[0]
+        assert new.node(node).spec.params()["weight"].shape[0] == old_w + k
+        group = new.node(node).out_groups[-1]
+        assert (group.owner, group.size, group.created_at) == (t, k, before.version + 1)
+        eff = new.effective_spec(t, node).params()["weight"].shape[0]
+        assert eff == before.effective_spec(t, node).params()["weight"].shape[0] + k
+        for (u, n), spec in specs.items():
+            if u != t:
+                assert new.effective_spec(u, n) == spec, f"widen for {t} changed {n!r} for {u}"
+        if init == "zeros" and t in self._out_before:
+            # New input columns start at zero: the owner's function is (numerically) the same.
+            after = inv.outputs(new, self.store, self.x, [t])[t]
+            assert torch.allclose(after, self._out_before[t], atol=1e-5, rtol=1e-4)
+        # GROWN-style: a mask for t over a node that now holds grown channel blocks.
+        blocks = [(n, name) for n in new.route(t)
+                  if new.node(n).out_groups or new.node(n).in_groups
+                  for name, info in new.effective_spec(t, n).params().items()
+                  if not info.buffer and new.node(n).mask(t, name) is None]
+        if blocks and data.draw(st.booleans(), label="mask_grown"):
+            n, name = data.draw(st.sampled_from(blocks), label="grown_param")
+            self._apply(rw.attach_mask, node=n, task=t, param=name, acted=(t,),
+                        granularity=data.draw(st.sampled_from(["param", "channel"]), label="granularity"),
+                        transform=data.draw(st.sampled_from(["sigmoid", "hard", "identity"]), label="transform"),
+                        init=data.draw(st.sampled_from(["zeros", "ones"]), label="init"))
+
+    def _maskable(self, buffers: bool = False):
+        out = []
+        for t, n in self._on_route({"Conv2d", "Linear", "Head", "BatchNorm"}):
+            for name, info in self.net.effective_spec(t, n).params().items():
+                if info.buffer == buffers:
+                    out.append((t, n, name))
+        return out
+
+    @precondition(lambda self: self.net is not None)
+    @rule(data=st.data())
+    def attach_mask(self, data):
+        # Mostly parameters without a mask yet; buffers and masked parameters are invalid picks.
+        params = self._maskable()
+        free = [(t, n, p) for t, n, p in params if self.net.node(n).mask(t, p) is None]
+        taken = [x for x in params if x not in free]
+        grown = [(t, n, p) for t, n, p in free if self.net.node(n).out_groups or self.net.node(n).in_groups]
+        if grown and data.draw(st.booleans(), label="on_grown"):
+            free = grown  # masks over grown (block-built) parameters are the tricky case
+        pick = self._pick(data, free, self._maskable(buffers=True) + taken, "mask_on")
+        if pick is None:
+            return
+        t, node, param = pick
+        kernel_ok = len(self.net.effective_spec(t, node).params()[param].shape) == 4
+        # Kernel granularity is only valid on conv weights: elsewhere an occasional invalid pick.
+        granularity = data.draw(st.sampled_from(["param", "kernel", "channel"] if kernel_ok
+                                                else ["param", "channel", "param", "channel", "kernel"]),
+                                label="granularity")
+        transform = data.draw(st.sampled_from(["identity", "sigmoid", "hard"]), label="transform")
+        init = data.draw(st.sampled_from(["ones", "zeros"]), label="init")
+        info = self.net.effective_spec(t, node).params()[param]
+        n = self.net.node(node)
+        ok = (not info.buffer and n.mask(t, param) is None
+              and (granularity != "kernel" or len(info.shape) == 4))
+        # An identity mask of ones multiplies by exactly 1: even `t` computes the same.
+        same = transform == "identity" and init == "ones"
+        new = self._apply(rw.attach_mask, node=node, task=t, param=param, granularity=granularity,
+                          transform=transform, init=init, acted=() if same else (t,),
+                          expect="change" if ok else "error")
+        if new is not None:
+            m = new.node(node).mask(t, param)
+            assert m.state == "live" and m.granularity == granularity
+            assert tuple(self.store[m.key].shape) == m.shape
+            assert m.key in param_groups_keys(new, self.store, t) or self._frozen_for(new, t, node)
+
+    def _frozen_for(self, net, t, node):
+        pol = net.policy_for(t, node)
+        return pol.frozen or pol.lr_scale == 0
+
+    def _masks(self):
+        return [(m.task, n, m.param) for n in self.net.nodes for m in self.net.node(n).masks]
+
+    @precondition(lambda self: self.net is not None and self._masks())
+    @rule(data=st.data())
+    def commit_mask(self, data):
+        t, node, param = data.draw(st.sampled_from(self._masks()), label="mask")
+        committed = self.net.node(node).mask(t, param).state == "committed"
+        threshold = data.draw(st.sampled_from([0.5, 0.0, -1.0]), label="threshold")
+        new = self._apply(rw.commit_mask, node=node, task=t, param=param, threshold=threshold,
+                          acted=(t,), expect="nochange" if committed else "change")
+        m = new.node(node).mask(t, param)
+        assert m.state == "committed" and m.transform == "identity"
+        bits = self.store[m.key]
+        assert not bits.requires_grad and set(bits.unique().tolist()) <= {0.0, 1.0}
+        assert m.key not in param_groups_keys(new, self.store, t)
+
+    @precondition(lambda self: self.net is not None and self._masks())
+    @rule(data=st.data())
+    def release_mask(self, data):
+        t, node, param = data.draw(st.sampled_from(self._masks()), label="mask")
+        new = self._apply(rw.release_mask, node=node, task=t, param=param, acted=(t,))
+        assert new.node(node).mask(t, param) is None
+
+    # ---- policy and annotations ---------------------------------------------------------------
+
+    @precondition(lambda self: self.net is not None)
+    @rule(data=st.data())
+    def policy(self, data):
+        which = data.draw(st.sampled_from(["freeze", "unfreeze", "set_lr_scale"]), label="which")
+        task = data.draw(st.sampled_from([None, *self.net.tasks]), label="task")
+        pool = sorted({n for _, n in self._on_route()})
+        if self.net.policy and data.draw(st.booleans(), label="revisit"):
+            pool = sorted({n for _, n in self.net.policy})  # overrides interact
+        nodes = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=3, unique=True), label="nodes")
+        arg = nodes[0] if len(nodes) == 1 and data.draw(st.booleans(), label="as_str") else nodes
+        kwargs = {"nodes": arg, "task": task}
+        if which == "freeze" and data.draw(st.booleans(), label="keep_owned"):
+            kwargs["keep_owned"] = True
+        if which == "set_lr_scale":
+            kwargs["scale"] = data.draw(st.sampled_from([0.0, 0.1, 1.0, 2.5, -0.5, math.inf]), label="scale")
+        fn = {"freeze": rw.freeze, "unfreeze": rw.unfreeze, "set_lr_scale": rw.set_lr_scale}[which]
+        bad = which == "set_lr_scale" and not (0 <= kwargs["scale"] < math.inf)
+        before = self.net
+        tasks = list(before.tasks) if task is None else [task]
+        # Policy never changes what a task computes: no task is "acted" on.
+        new = self._apply(fn, expect="error" if bad else "maybe", **kwargs)
+        if new is None:
+            return
+        for n in nodes:
+            for u in before.tasks:
+                pol = new.policy_for(u, n)
+                if u in tasks and not (task is None and (u, n) in before.policy):
+                    if which == "freeze":
+                        assert pol.frozen
+                    elif which == "unfreeze":
+                        assert not pol.frozen
+                    else:
+                        assert pol.lr_scale == kwargs["scale"]
+                elif task is not None:
+                    assert pol == before.policy_for(u, n), f"{which} for {task} changed {u}'s policy"
+        assert all(v != NodePolicy() for (t, _), v in new.policy.items() if t is None)
+
+    @precondition(lambda self: self.net is not None)
+    @rule(data=st.data())
+    def per_task_bn(self, data):
+        bns = self._on_route({"BatchNorm"})
+        free = [(t, n) for t, n in bns if not any(p.task == t for p in self.net.node(n).params)]
+        bad = [x for x in bns if x not in free] + self._on_route({"Conv2d", "Linear", "ReLU"})
+        pick = self._pick(data, free, bad, "task_node")
+        if pick is None:
+            return
+        t, node = pick
+        init = data.draw(st.sampled_from(["copy", "fresh"]), label="init")
+        n = self.net.node(node)
+        ok = n.kind == "BatchNorm" and not any(p.task == t for p in n.params)
+        new = self._apply(rw.per_task_bn, node=node, task=t, init=init,
+                          acted=() if init == "copy" else (t,), expect="change" if ok else "error")
+        if new is not None:
+            own = [p for p in new.node(node).params if p.task == t]
+            assert {p.name for p in own} == {"weight", "bias", "running_mean", "running_var"}
+            used = {p.key for rows in new.params_for(t, node).values() for row in rows for p in row}
+            assert {p.key for p in own} == used
+            for u in new.users(node) - {t}:
+                assert not used & {p.key for rows in new.params_for(u, node).values() for row in rows for p in row}
+
+    @precondition(lambda self: self.net is not None)
+    @rule(data=st.data())
+    def annotate(self, data):
+        where = data.draw(st.sampled_from(["net", "task", "node", "param"]), label="where")
+        if data.draw(st.booleans(), label="new_ref"):
+            key = self._fresh("importance.")
+            self.store.put(key, torch.rand(3))
+            self.refs.append(key)
+        kind = data.draw(st.sampled_from(["value", "value", "remove", "bad"]), label="kind")
+        value = {
+            "value": lambda: data.draw(gen.annotation_values(self.refs), label="value"),
+            "remove": lambda: None,
+            "bad": lambda: data.draw(st.sampled_from([{1, 2}, torch.zeros(1), object(), {1: "a"}]), label="bad"),
+        }[kind]()
+        kwargs = {"key": data.draw(st.sampled_from(["imp", "note"]), label="key"), "value": value}
+        if where in ("node", "param"):
+            t, node = data.draw(st.sampled_from(self._on_route()), label="task_node")
+            kwargs["node"] = node
+            if where == "param":
+                names = sorted({p.name for p in self.net.node(node).params})
+                if not names:
+                    kwargs["param"] = "weight"
+                    self._apply(rw.annotate, expect="error", **kwargs)
+                    return
+                kwargs["param"] = data.draw(st.sampled_from(names), label="param")
+        elif where == "task":
+            kwargs["task"] = data.draw(st.sampled_from(list(self.net.tasks)), label="task")
+        before = self.net
+        new = self._apply(rw.annotate, expect="error" if kind == "bad" else "maybe", **kwargs)
+        if new is None:
+            return
+        # Annotations change no topology and no route.
+        assert set(new.graph.edges) == set(before.graph.edges)
+        assert all(new.node(n).spec == before.node(n).spec for n in new.nodes)
+        if where == "net":
+            got = new.annotations.get(kwargs["key"])
+        elif where == "task":
+            got = new.tasks[kwargs["task"]].annotations.get(kwargs["key"])
+        elif where == "node":
+            got = new.node(kwargs["node"]).annotations.get(kwargs["key"])
+        else:
+            ps = [p for p in new.node(kwargs["node"]).params if p.name == kwargs["param"]]
+            got = ps[0].annotations.get(kwargs["key"])
+            assert all(p.annotations.get(kwargs["key"]) == got for p in ps)
+        assert got == freeze_value(value)
+
+    # ---- training -----------------------------------------------------------------------------
+
+    @precondition(lambda self: self.net is not None and any(i.head for i in self.net.tasks.values()))
+    @rule(data=st.data())
+    def train(self, data):
+        t = data.draw(st.sampled_from(self._closed()), label="task")
+        steps = data.draw(st.integers(1, 2), label="steps")
+        classes = self.net.node(self.net.tasks[t].head).spec.out_f
+        x, y = gen.train_batch(self.bb.input_shape, classes)
+        groups = param_groups(self.net, self.store, t, lr=0.05)
+        before = inv.tensors_of(self.store, list(self.store))
+        out_before = inv.outputs(self.net, self.store, self.x)
+        if not groups:
+            try:
+                fit(self.net, self.store, t, [(x, y)] * steps)
+            except JointNetError as e:
+                assert repr(t) in str(e)
+            else:  # pragma: no cover
+                raise AssertionError("fit with everything frozen should raise")
+            return
+        version = self.net.version
+        losses = fit(self.net, self.store, t, [(x, y)] * steps, lr=0.05)
+        assert len(losses) == steps and all(math.isfinite(v) for v in losses)
+        assert self.net.version == version
+        trained = {id(p) for g in groups for p in g["params"]}
+        # Running statistics move only on BatchNorms not frozen for t (a frozen one keeps them).
+        buffers = {p.key for n in self.net.route(t) for rows in self.net.params_for(t, n).values()
+                   for row in rows for p in row if p.buffer
+                   and not (self.net.policy_for(t, n).frozen and not self.net.policy_for(t, n).keep_owned)}
+        changed = {k for k, v in before.items() if not torch.equal(v, self.store[k])}
+        for k in changed:
+            assert id(self.store[k]) in trained or k in buffers, f"training {t} changed {k}"
+        out_after = inv.outputs(self.net, self.store, self.x)
+        for u in out_before:
+            if not changed & inv.route_keys(self.net, u):
+                assert torch.equal(out_before[u], out_after[u]), f"training {t} changed {u}"
+
+    @precondition(lambda self: self.net is not None and any(i.head for i in self.net.tasks.values()))
+    @rule(data=st.data())
+    def isolate_and_train(self, data):
+        """Freeze for t every node of its route another task also uses; then training t (even
+        through shared BatchNorms in train mode) leaves every other task bit-identical."""
+        t = data.draw(st.sampled_from(self._closed()), label="task")
+        shared = [n for n in self.net.route(t) if self.net.users(n) - {t}]
+        if shared:
+            self._apply(rw.freeze, nodes=shared, task=t, expect="maybe")
+        if not param_groups(self.net, self.store, t, lr=0.05):
+            return
+        out_before = inv.outputs(self.net, self.store, self.x)
+        classes = self.net.node(self.net.tasks[t].head).spec.out_f
+        fit(self.net, self.store, t, [gen.train_batch(self.bb.input_shape, classes)] * 2, lr=0.05)
+        out_after = inv.outputs(self.net, self.store, self.x)
+        others = [u for u in out_before if u != t]
+        inv.assert_outputs_equal(out_before, out_after, others, f"training {t} with its shared nodes frozen")
+
+    # ---- bad input ----------------------------------------------------------------------------
+
+    @precondition(lambda self: self.net is not None)
+    @rule(data=st.data())
+    def bad_call(self, data):
+        net = self.net
+        t, node = data.draw(st.sampled_from(self._on_route()), label="task_node")
+        off = [n for n in net.nodes if n not in net.route(t)]
+        closed = self._closed()
+        calls = [
+            (rw.clone_node, dict(node="no-such-node", task=t)),
+            (rw.clone_node, dict(node=node, task="no-such-task")),
+            (rw.bind, dict(task=t, to="no-such-task")),
+            (rw.widen, dict(node=node, k=0, task=t)),
+            (rw.set_lr_scale, dict(nodes=node, scale=-1.0, task=t)),
+            (rw.clone_node, dict(node=node, task=t, colour="red")),
+            (rw.clone_node, dict(task=t)),
+            (rw.annotate, dict(key="k", value={3}, node=node)),
+            (rw.reroute, dict(task=t, node=node, to="no-such-node")),
+            (rw.remove_task, dict(task="no-such-task")),
+            (rw.add_task, dict(task=t)),
+        ]
+        if off:
+            calls.append((rw.clone_node, dict(node=data.draw(st.sampled_from(off), label="off"), task=t)))
+        no_mask = [(u, n, p) for u, n, p in self._maskable() if self.net.node(n).mask(u, p) is None]
+        if no_mask:
+            u, n, p = data.draw(st.sampled_from(no_mask), label="no_mask")
+            calls.append((rw.commit_mask, dict(node=n, task=u, param=p)))
+            calls.append((rw.release_mask, dict(node=n, task=u, param=p)))
+        if closed:
+            c = data.draw(st.sampled_from(closed), label="closed")
+            calls.append((rw.add_node, dict(node="x-new", spec={"kind": "relu"}, inputs=["input"], task=c)))
+            calls.append((rw.add_head, dict(task=c, n_classes=2)))
+        fn, kwargs = data.draw(st.sampled_from(calls), label="call")
+        e = inv.assert_rewrite_fails(net, fn, **kwargs)
+        assert e.rewrite == fn.rewrite_name
+        assert e.task == kwargs.get("task") and e.node == kwargs.get("node")
+
+    # ---- invariants ---------------------------------------------------------------------------
+
+    def _ref_users(self) -> dict[str, set[str]]:
+        users: dict[str, set[str]] = {}
+        for t, edges in self.ref_edges.items():
+            users.setdefault(self.ref_input[t], set()).add(t)
+            for u, v, _ in edges:
+                users.setdefault(u, set()).add(t)
+                users.setdefault(v, set()).add(t)
+        return users
+
+    @invariant()
+    def net_is_checked(self):
+        if self.net is not None:
+            check(self.net)
+
+    @invariant()
+    def reference_model_agrees(self):
+        if self.net is None:
+            return
+        net = self.net
+        assert set(net.nodes) == self.ref_nodes
+        assert set(net.tasks) == set(self.ref_edges)
+        users = self._ref_users()
+        for n in net.nodes:
+            assert net.users(n) == users.get(n, set()), (n, net.users(n), users.get(n))
+        for t, edges in self.ref_edges.items():
+            assert inv.route_edges(net, t) == edges, t
+            route = net.route(t)
+            pos = {n: i for i, n in enumerate(route)}
+            assert route[0] == self.ref_input[t]
+            assert set(route) == {self.ref_input[t]} | {u for u, _, _ in edges} | {v for _, v, _ in edges}
+            assert all(pos[u] < pos[v] for u, v, _ in edges)
+            assert net.tasks[t].head == self.ref_head[t]
+            if self.ref_head[t] is not None:
+                assert route[-1] == self.ref_head[t]
+
+    @invariant()
+    def history_is_unchanged(self):
+        if self.net is None:
+            return
+        versions = [v for _, v, _ in self.history]
+        assert versions == sorted(set(versions))
+        for net, version, structure in self.history:
+            assert net.version == version and net.structure() == structure
+
+    @invariant()
+    def replays(self):
+        if self.net is not None:
+            inv.assert_replays(self.net)
+
+    @invariant()
+    def compiles(self):
+        if self.net is None:
+            return
+        single = inv.outputs(self.net, self.store, self.x)
+        inv.assert_param_counts(self.net, self.store)
+        inv.assert_matches_reference(self.net, self.store, self.x, single)
+        inv.assert_multi_matches_single(self.net, self.store, self.x, single)
+        inv.assert_open_tasks_do_not_compile(self.net, self.store)
+        if inv.HAVE_SNAPSHOT:
+            inv.assert_snapshot_roundtrip(self.net, self.store, self.x, single)
+
+
+def param_groups_keys(net, store, task):
+    ids = {id(p) for g in param_groups(net, store, task, lr=1.0) for p in g["params"]}
+    return {k for k in store if id(store[k]) in ids}
+
+
+def test_random_rewrite_sequences():
+    # Tiny tensors: one intra-op thread is many times faster than waking a pool on a busy CI box.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _run()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(max_examples: int = 50):
+    run_state_machine_as_test(
+        JointNetMachine,
+        settings=settings(
+            settings.default,  # the loaded profile (tests/conftest.py), e.g. one without shrinking
+            max_examples=max_examples,
+            stateful_step_count=25,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+
+
+# ---- regressions the state machine found (kept as plain examples) ---------------------------
+
+
+def test_replay_gives_the_same_keys_for_tuple_arguments():
+    net = gen.tiny_backbone("mlp").build("t1", 3)
+    net = rw.add_task(net, task="t2")
+    net = rw.add_node(net, node="a", spec={"kind": "linear", "out_f": 3}, inputs=("input",), task="t2")
+    again = replay(net.log)
+    assert again == net
+    assert [p.key for p in again.node("a").params] == [p.key for p in net.node("a").params]
+
+
+def test_task_policy_overrides_the_all_task_policy():
+    net = gen.tiny_backbone("mlp").build("t1", 3)
+    net = rw.freeze(net, nodes="fc1")  # every task
+    net = rw.unfreeze(net, nodes="fc1", task="t1")
+    assert not net.policy_for("t1", "fc1").frozen
+    net = rw.set_lr_scale(net, nodes="fc1", scale=0.1)
+    assert net.policy_for("t1", "fc1").lr_scale == 1.0  # t1's own entry wins
+    again = rw.freeze(net, nodes="fc1", task="t1")
+    assert again.policy_for("t1", "fc1") == attrs.evolve(net.policy[(None, "fc1")], lr_scale=1.0)
+    again = rw.set_lr_scale(again, nodes="fc1", scale=0.1, task="t1")
+    # Now t1's entry says what the all-task entry says: it is dropped, not kept redundant.
+    assert ("t1", "fc1") not in again.policy and again.policy_for("t1", "fc1").frozen
+
+
+def test_widen_through_flatten_for_the_first_task():
+    net = gen.tiny_backbone("small_conv", 3, 4, 5).build("t1", 3)
+    net = rw.add_head(rw.bind(rw.add_task(net, task="t2"), task="t2", to="t1"), task="t2", n_classes=2)
+    for t in ("t1", "t2"):  # the owner sorts first or last among the users
+        grown = check(rw.widen(net, node="conv2", k=2, task=t))
+        assert grown.effective_spec(t, "fc1").in_f == (4 + 2) * 2 * 2
+
+
+def test_a_later_task_sees_grown_channels_only_through_the_producer_that_grew_them():
+    net = gen.tiny_backbone("vgg_bn", 3, 4, 5).build("t1", 3)
+    net = rw.add_head(rw.bind(rw.add_task(net, task="t2"), task="t2", to="t1"), task="t2", n_classes=2)
+    net = rw.clone_node(net, node="conv2", task="t2")  # t2: conv2.t2 -> bn2 (shared)
+    net = rw.widen(net, node="conv2", k=2, task="t1")  # bn2 holds t1's group too
+    net = rw.add_task(net, task="t3")
+    net = rw.bind(net, task="t3", to="t2")  # through conv2.t2, which lacks the group
+    assert net.effective_spec("t3", "bn2").num_features == 4
+    net = rw.add_task(net, task="t4")
+    net = rw.bind(net, task="t4", to="t1")  # through conv2, which holds it
+    assert net.effective_spec("t4", "bn2").num_features == 6
+    check(rw.add_head(rw.add_head(net, task="t3", n_classes=2), task="t4", n_classes=2))
