@@ -44,6 +44,7 @@ class Draft:
         self.annotations: dict = dict(net.annotations)
         self.version = net.version + 1  # the version this draft will become
         self._keys: set[str] | None = None
+        self._tag: str | None = None
         self._net: JointNet | None = None
 
     # ---- errors -------------------------------------------------------------------------------
@@ -141,8 +142,9 @@ class Draft:
 
         # Frozen kwargs, as in the log record: a replay passes thawed lists where the caller may
         # have passed tuples, and both must give the same keys.
-        tag = _lineage(self.base.lineage, Record(self.name, FrozenDict(freeze(self.kwargs))))
-        key = f"{node_id}.{name}@{tag}"
+        if self._tag is None:  # the new net's lineage, computed once per draft
+            self._tag = _lineage(self.base.lineage, Record(self.name, FrozenDict(freeze(self.kwargs))))
+        key = f"{node_id}.{name}@{self._tag}"
         if self._keys is None:
             self._keys = {p.key for _, d in self.g.nodes(data=True) for p in d["n"].params}
             self._keys |= {m.key for _, d in self.g.nodes(data=True) for m in d["n"].masks}

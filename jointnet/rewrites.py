@@ -144,7 +144,7 @@ def add_node(d: Draft, /, *, node: str, spec: Any, inputs: Any, task: str) -> No
     "out_ch": 32}``). A merge spec (Add, Concat) takes its inputs in the order given.
     """
     _new_node_id(d, node)
-    info = _require_open(d, task)
+    _require_open(d, task)
     ins = [inputs] if isinstance(inputs, str) else list(inputs)
     route = set(d.route(task))
     for u in ins:
@@ -163,7 +163,6 @@ def add_node(d: Draft, /, *, node: str, spec: Any, inputs: Any, task: str) -> No
     d.set_node(Node(node, layer, _fresh_params(d, node, layer), created_by=task))
     for port, u in enumerate(ins):
         d.route_edge(u, node, task, port)
-    del info
     _check_task(d, task)
 
 
