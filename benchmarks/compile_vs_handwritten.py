@@ -13,17 +13,15 @@ Run: ``python benchmarks/compile_vs_handwritten.py`` (about a minute; ``--quick`
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+from _common import calls_per_block, header, time_block  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -101,17 +99,9 @@ def make_step(module: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 0
     return step
 
 
-def time_block(step, n: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    return (time.perf_counter() - t0) / n * 1e3
-
-
 def calibrate(steps, min_block_s: float) -> int:
     """Steps per timed block so that one block lasts at least `min_block_s`."""
-    t = max(time_block(s, 3) for s in steps) / 1e3
-    return max(1, int(min_block_s / max(t, 1e-6)) + 1)
+    return calls_per_block(steps, min_block_s, probe=3)
 
 
 def bench(case: str, batch: int, args) -> dict:
@@ -163,13 +153,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    print(f"$ python {shlex.join(sys.argv)}")
-    if args.quick:
-        print("(--quick: a smoke run of the code paths, not a measurement)")
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}, "
-          f"{platform.machine()}, load average {load}; "
-          f"{args.repeats} interleaved blocks per module, median\n")
+    header(args.quick, f"{args.repeats} interleaved blocks per module, median\n")
     print("| backbone | batch | compiled ms/step | hand-written ms/step | ratio compiled/hand | "
           "ratio of medians | steps/block | target |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")

@@ -23,18 +23,16 @@ Run: ``python benchmarks/multitask_eval.py`` (about a minute; ``--quick`` for a 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
-import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+from _common import calls_per_block, header, time_block  # noqa: E402
 
 from jointnet import backbones  # noqa: E402
 from jointnet.compile import compile_net  # noqa: E402
@@ -114,13 +112,6 @@ def unique_computations(net: JointNet, tasks) -> dict[tuple, int]:
     return out
 
 
-def run_block(fn, n: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t0) / n * 1e3
-
-
 def bench(case: str, n_tasks: int, batch: int, args) -> dict:
     net = build_net(case, n_tasks)
     store = ParamStore(seed=0).realize(net)
@@ -156,12 +147,11 @@ def bench(case: str, n_tasks: int, batch: int, args) -> dict:
         for _ in range(args.warmup):
             for f in fns.values():
                 f()
-        t1 = max(run_block(f, 2) for f in fns.values()) / 1e3
-        n = max(1, int(args.min_block / max(t1, 1e-6)) + 1)
+        n = calls_per_block(fns.values(), args.min_block)
         order = list(fns)
         for r in range(args.repeats):
             for k in order if r % 2 == 0 else order[::-1]:  # A B, B A, ...
-                times[k].append(run_block(fns[k], n))
+                times[k].append(time_block(fns[k], n))
     s, p = statistics.median(times["shared"]), statistics.median(times["per_task"])
     # The ratio of each adjacent pair of blocks, then the median: robust to slow drifts in the
     # machine's load, which a ratio of medians is not.
@@ -194,13 +184,7 @@ def main(argv=None) -> int:
     args.min_block = args.min_block or (0.02 if args.quick else 0.3)
     torch.set_num_threads(args.threads)
 
-    print(f"$ python {shlex.join(sys.argv)}")
-    if args.quick:
-        print("(--quick: a smoke run of the code paths, not a measurement)")
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}, "
-          f"{platform.machine()}, load average {load}; "
-          f"eval mode, no_grad; {args.repeats} interleaved blocks per way, median\n")
+    header(args.quick, f"eval mode, no_grad; {args.repeats} interleaved blocks per way, median\n")
     print("| net | tasks | batch | shared ms | per-task ms | time ratio | FLOP ratio | "
           "time/FLOP - 1 | MMAC shared / per-task | GMAC/s shared / per-task | target |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import random
-import shlex
 import statistics
 import sys
 import time
@@ -28,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+from _common import header  # noqa: E402
 
 from jointnet import backbones  # noqa: E402
 from jointnet.net import JointNet  # noqa: E402
@@ -88,11 +87,7 @@ def main(argv=None) -> int:
     args.repeats = args.repeats or (1 if args.quick else 5)
     torch.set_num_threads(args.threads)
 
-    print(f"$ python {shlex.join(sys.argv)}")
-    if args.quick:
-        print("(--quick: a smoke run of the code paths, not a measurement)")
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(f"Python {platform.python_version()}, {platform.machine()}, load average {load}")
+    header(args.quick, "", with_torch=False)
     t0 = time.perf_counter()
     net = build_net(args.tasks)
     build_s = time.perf_counter() - t0
