@@ -73,7 +73,7 @@ def _check_route(net: JointNet, t: str) -> None:
     for n in route:
         if n == info.input:
             continue
-        ports = sorted(d["port"] for _, _, d in net.graph.in_edges(n, data=True) if t in d["tasks"])
+        ports = [port for port, _ in net.in_ports(n, t)]
         arity = net.node(n).spec.arity
         require(bool(ports), f"node {n!r} is on the route of task {t!r} but nothing feeds it")
         if arity is None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jointnet.errors import CompileError, JointNetError
+from jointnet.names import is_name
 from jointnet.net import JointNet
 from jointnet.params import ParamStore
 
@@ -140,6 +141,10 @@ def _build(net: JointNet, store: ParamStore, names: tuple[str, ...], single: boo
     for task in names:
         sigs: dict[str, tuple] = {}
         for n in net.route(task):
+            # Node ids go into the generated source as comments: only validated names may (a net
+            # built by hand around the validating constructors could hold anything).
+            if not is_name(n) or not is_name(task):
+                raise CompileError(f"node {n!r} of task {task!r} is not a valid name; refusing to compile")
             node = net.node(n)
             if node.kind == "Input":
                 sigs[n] = ("input", n)

@@ -13,9 +13,9 @@ import math
 from typing import Any, ClassVar
 
 import attrs
-from attrs.validators import ge, gt, instance_of, le, lt
 
 from jointnet.errors import SpecError
+from jointnet.names import MAX_DIM, check_float, check_int, check_shape
 
 __all__ = [
     "Layer",
@@ -41,12 +41,33 @@ __all__ = [
     "infer_spec",
 ]
 
-_pos = [instance_of(int), gt(0)]
-_nonneg = [instance_of(int), ge(0)]
+def _pos(_inst, a, value) -> None:
+    check_int(value, a.name, 1, MAX_DIM)
+
+
+def _nonneg(_inst, a, value) -> None:
+    check_int(value, a.name, 0, MAX_DIM)
+
+
+def _flag(_inst, a, value) -> None:
+    if type(value) is not bool:
+        raise SpecError(f"{a.name} must be a bool; got {value!r}")
+
+
+def _finite(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):
+    """A converter to float that refuses non-numbers, NaN, infinities and values out of range."""
+
+    def convert(value: Any) -> float:
+        v = check_float(value, "value", lo, hi)
+        if (lo_open and v == lo) or (hi_open and v == hi):
+            raise SpecError(f"value must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}; got {value!r}")
+        return v
+
+    return convert
 
 
 def _shape(value: Any) -> tuple[int, ...]:
-    return tuple(int(v) for v in value)
+    return check_shape(value, "Input.shape")
 
 
 @attrs.frozen
@@ -112,7 +133,7 @@ class Input(Layer):
 
     @shape.validator
     def _check(self, _a, value):
-        if not value or any(v <= 0 for v in value):
+        if not value:
             raise SpecError(f"Input.shape must be non-empty positive ints (got {value!r})")
 
     def out_shape(self, in_shapes):
@@ -131,7 +152,7 @@ class Linear(Layer):
     consumer: ClassVar[bool] = True
     in_f: int = attrs.field(validator=_pos)
     out_f: int = attrs.field(validator=_pos)
-    bias: bool = attrs.field(default=True, validator=instance_of(bool))
+    bias: bool = attrs.field(default=True, validator=_flag)
 
     def params(self):
         p = {"weight": ParamInfo((self.out_f, self.in_f), 0, 1, init="kaiming", fan_in=self.in_f)}
@@ -180,7 +201,7 @@ class Conv2d(Layer):
     kernel: int = attrs.field(default=3, validator=_pos)
     stride: int = attrs.field(default=1, validator=_pos)
     padding: int = attrs.field(default=0, validator=_nonneg)
-    bias: bool = attrs.field(default=True, validator=instance_of(bool))
+    bias: bool = attrs.field(default=True, validator=_flag)
 
     def params(self):
         k = self.kernel
@@ -221,8 +242,8 @@ class BatchNorm(Layer):
     kind: ClassVar[str] = "BatchNorm"
     passes_channels: ClassVar[bool] = True
     num_features: int = attrs.field(validator=_pos)
-    eps: float = attrs.field(default=1e-5, converter=float, validator=gt(0.0))
-    momentum: float = attrs.field(default=0.1, converter=float, validator=[gt(0.0), le(1.0)])
+    eps: float = attrs.field(default=1e-5, converter=_finite(0.0, 1.0, lo_open=True))
+    momentum: float = attrs.field(default=0.1, converter=_finite(0.0, 1.0, lo_open=True))
 
     def params(self):
         n = (self.num_features,)
@@ -286,7 +307,7 @@ class Identity(Layer):
 class Dropout(Layer):
     kind: ClassVar[str] = "Dropout"
     passes_channels: ClassVar[bool] = True
-    p: float = attrs.field(default=0.5, converter=float, validator=[ge(0.0), lt(1.0)])
+    p: float = attrs.field(default=0.5, converter=_finite(0.0, 1.0, hi_open=True))
 
     def out_shape(self, in_shapes):
         return self._one(in_shapes)

@@ -25,9 +25,12 @@ from typing import Any
 import attrs
 import networkx as nx
 
-from jointnet.errors import InvariantError
+from jointnet.errors import InvariantError, SpecError
 from jointnet.frozen import FrozenDict
 from jointnet.layers import Layer
+from jointnet.names import (
+    MAX_NUMEL, check_float, check_int, check_key, check_name, check_opt_name, check_shape, is_key,
+)
 
 __all__ = [
     "Init",
@@ -44,6 +47,50 @@ __all__ = [
 ]
 
 
+def _name(_inst, a, value) -> None:
+    check_name(value, a.name)
+
+
+def _opt_name(_inst, a, value) -> None:
+    check_opt_name(value, a.name)
+
+
+def _key(_inst, a, value) -> None:
+    check_key(value, a.name)
+
+
+def _opt_key(_inst, a, value) -> None:
+    if value is not None:
+        check_key(value, a.name)
+
+
+def _shape(value) -> tuple[int, ...]:
+    return check_shape(value, "shape")
+
+
+def _nonneg(_inst, a, value) -> None:
+    check_int(value, a.name, 0, 1 << 62)
+
+
+def _is(*types):
+    def validate(_inst, a, value) -> None:
+        if type(value) not in types:
+            names = " or ".join(t.__name__ for t in types)
+            raise SpecError(f"{a.name} must be a {names}; got {value!r}")
+    return validate
+
+
+def _tuple_of(cls):
+    def validate(_inst, a, value) -> None:
+        if type(value) is not tuple or any(type(v) is not cls for v in value):
+            raise SpecError(f"{a.name} must be a tuple of {cls.__name__}; got {value!r}")
+    return validate
+
+
+INIT_SCHEMES = ("kaiming", "fan_in_uniform", "normal", "zeros", "ones")
+THRESHOLD_SCHEMES = ("identity", "sigmoid", "hard")
+
+
 @attrs.frozen
 class Init:
     """How a parameter tensor is made when a store realizes a net.
@@ -56,9 +103,17 @@ class Init:
 
     kind: str = attrs.field(validator=attrs.validators.in_(("fresh", "copy", "threshold")))
     scheme: str = "zeros"
-    fan_in: int = 1
-    src: str | None = None
-    value: float = 0.0
+    fan_in: int = attrs.field(default=1, validator=lambda _i, a, v: check_int(v, "init.fan_in", 1, MAX_NUMEL))
+    src: str | None = attrs.field(default=None, validator=_opt_key)
+    value: float = attrs.field(default=0.0, validator=lambda _i, a, v: check_float(v, "init.value"))
+
+    def __attrs_post_init__(self) -> None:
+        schemes = {"fresh": INIT_SCHEMES, "copy": ("zeros",), "threshold": THRESHOLD_SCHEMES}[self.kind]
+        if self.scheme not in schemes:
+            raise SpecError(f"init.scheme of a {self.kind!r} init must be one of {', '.join(schemes)}; "
+                            f"got {self.scheme!r}")
+        if (self.src is None) == (self.kind in ("copy", "threshold")):
+            raise SpecError(f"init.src must be {'a key' if self.src is None else 'nil'} for a {self.kind!r} init")
 
     @classmethod
     def fresh(cls, scheme: str, fan_in: int = 1) -> "Init":
@@ -73,7 +128,7 @@ class Init:
 class TensorRef:
     """An annotation value that points at a tensor in the parameter store (e.g. SPG importance)."""
 
-    key: str
+    key: str = attrs.field(validator=_key)
 
 
 @attrs.frozen
@@ -85,10 +140,10 @@ class Group:
     what an existing task computes, except the owner's.
     """
 
-    id: str
-    size: int
-    owner: str
-    created_at: int
+    id: str = attrs.field(validator=_key)
+    size: int = attrs.field(validator=lambda _i, a, v: check_int(v, "group size"))
+    owner: str = attrs.field(validator=_name)
+    created_at: int = attrs.field(validator=_nonneg)
 
 
 @attrs.frozen
@@ -100,15 +155,23 @@ class Param:
     tensors). `owner` is the task that owns the tensor; None means "whoever uses the node".
     """
 
-    name: str
-    key: str
-    shape: tuple[int, ...] = attrs.field(converter=lambda s: tuple(int(v) for v in s))
-    init: Init
-    owner: str | None = None
-    task: str | None = None
-    block: tuple[str | None, str | None] = (None, None)
-    buffer: bool = False
-    annotations: FrozenDict = FrozenDict()
+    name: str = attrs.field(validator=_name)
+    key: str = attrs.field(validator=_key)
+    shape: tuple[int, ...] = attrs.field(converter=_shape)
+    init: Init = attrs.field(validator=_is(Init))
+    owner: str | None = attrs.field(default=None, validator=_opt_name)
+    task: str | None = attrs.field(default=None, validator=_opt_name)
+    block: tuple[str | None, str | None] = attrs.field(default=(None, None))
+    buffer: bool = attrs.field(default=False, validator=_is(bool))
+    annotations: FrozenDict = attrs.field(default=FrozenDict(), validator=_is(FrozenDict))
+
+    @block.validator
+    def _check_block(self, _a, value) -> None:
+        if type(value) is not tuple or len(value) != 2:
+            raise SpecError(f"block must be a pair of group ids or None; got {value!r}")
+        for v in value:
+            if v is not None and not is_key(v):
+                check_key(v, "block")
 
     @property
     def numel(self) -> int:
@@ -129,29 +192,29 @@ class Mask:
     attached; channels grown later are left unmasked.
     """
 
-    task: str
-    param: str
-    key: str
-    granularity: str
-    transform: str
-    state: str
-    shape: tuple[int, ...] = attrs.field(converter=lambda s: tuple(int(v) for v in s))
-    init: Init = Init("fresh", scheme="ones")
+    task: str = attrs.field(validator=_name)
+    param: str = attrs.field(validator=_name)
+    key: str = attrs.field(validator=_key)
+    granularity: str = attrs.field(validator=attrs.validators.in_(("param", "kernel", "channel")))
+    transform: str = attrs.field(validator=attrs.validators.in_(THRESHOLD_SCHEMES))
+    state: str = attrs.field(validator=attrs.validators.in_(("live", "committed")))
+    shape: tuple[int, ...] = attrs.field(converter=_shape)
+    init: Init = attrs.field(default=Init("fresh", scheme="ones"), validator=_is(Init))
 
 
 @attrs.frozen
 class Node:
     """One layer instance in the graph."""
 
-    id: str
-    spec: Layer
-    params: tuple[Param, ...] = ()
-    out_groups: tuple[Group, ...] = ()
-    in_groups: tuple[Group, ...] = ()
-    masks: tuple[Mask, ...] = ()
-    annotations: FrozenDict = FrozenDict()
-    cloned_from: str | None = None
-    created_by: str | None = None
+    id: str = attrs.field(validator=_name)
+    spec: Layer = attrs.field(validator=attrs.validators.instance_of(Layer))
+    params: tuple[Param, ...] = attrs.field(default=(), validator=_tuple_of(Param))
+    out_groups: tuple[Group, ...] = attrs.field(default=(), validator=_tuple_of(Group))
+    in_groups: tuple[Group, ...] = attrs.field(default=(), validator=_tuple_of(Group))
+    masks: tuple[Mask, ...] = attrs.field(default=(), validator=_tuple_of(Mask))
+    annotations: FrozenDict = attrs.field(default=FrozenDict(), validator=_is(FrozenDict))
+    cloned_from: str | None = attrs.field(default=None, validator=_opt_name)
+    created_by: str | None = attrs.field(default=None, validator=_opt_name)
 
     @property
     def kind(self) -> str:
@@ -188,11 +251,11 @@ class TaskInfo:
     """A registered task: its input node, its head (None while the route is being built), and
     the version at which it was added (channel groups created later are visible to it)."""
 
-    name: str
-    input: str
-    added_at: int
-    head: str | None = None
-    annotations: FrozenDict = FrozenDict()
+    name: str = attrs.field(validator=_name)
+    input: str = attrs.field(validator=_name)
+    added_at: int = attrs.field(validator=_nonneg)
+    head: str | None = attrs.field(default=None, validator=_opt_name)
+    annotations: FrozenDict = attrs.field(default=FrozenDict(), validator=_is(FrozenDict))
 
 
 @attrs.frozen
@@ -203,9 +266,9 @@ class NodePolicy:
     its per-task variants, its live masks) still train; only what others share is frozen.
     """
 
-    frozen: bool = False
-    lr_scale: float = 1.0
-    keep_owned: bool = False
+    frozen: bool = attrs.field(default=False, validator=_is(bool))
+    lr_scale: float = attrs.field(default=1.0, converter=lambda v: check_float(v, "lr_scale", 0.0))
+    keep_owned: bool = attrs.field(default=False, validator=_is(bool))
 
 
 DEFAULT_POLICY = NodePolicy()
@@ -215,8 +278,8 @@ DEFAULT_POLICY = NodePolicy()
 class Record:
     """One log entry: a rewrite's registered name and its keyword arguments."""
 
-    name: str
-    kwargs: FrozenDict
+    name: str = attrs.field(validator=_name)
+    kwargs: FrozenDict = attrs.field(validator=_is(FrozenDict))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
@@ -306,9 +369,9 @@ class JointNet:
     tasks: FrozenDict = FrozenDict()
     policy: FrozenDict = FrozenDict()
     annotations: FrozenDict = FrozenDict()
-    version: int = 0
+    version: int = attrs.field(default=0, validator=_nonneg)
     log: Log = attrs.field(factory=Log)
-    lineage: str = "root"
+    lineage: str = attrs.field(default="root", validator=_key)
     uid: int = attrs.field(factory=lambda: next(_uids))
     _cache: dict = attrs.field(factory=dict, repr=False)
 
@@ -331,11 +394,28 @@ class JointNet:
 
     def edges(self, task: str | None = None) -> list[tuple[str, str, FrozenDict]]:
         """Edges as (src, dst, data); only `task`'s route when `task` is given."""
-        out = []
-        for u, v, d in self.graph.edges(data=True):
-            if task is None or task in d["tasks"]:
-                out.append((u, v, d))
-        return out
+        if task is None:
+            return list(self.graph.edges(data=True))
+        return list(self._routes().get(task, ((), {}))[0])
+
+    def _routes(self) -> dict[str, tuple[list, dict]]:
+        """The route index, built in one pass over the edges: task -> (its edges, dst -> the
+        (port, src) pairs feeding dst on its route, sorted). Route queries then cost the size of
+        the route, not of the graph."""
+        if "routes" not in self._cache:
+            index: dict[str, tuple[list, dict]] = {}
+            for u, v, d in self.graph.edges(data=True):
+                for t in d["tasks"]:
+                    entry = index.get(t)
+                    if entry is None:
+                        entry = index[t] = ([], {})
+                    entry[0].append((u, v, d))
+                    entry[1].setdefault(v, []).append((d["port"], u))
+            for _, ins in index.values():
+                for pairs in ins.values():
+                    pairs.sort()
+            self._cache["routes"] = index
+        return self._cache["routes"]
 
     def users(self, node_id: str) -> frozenset[str]:
         """The tasks routed through `node_id` (its route-level owners)."""
@@ -367,12 +447,11 @@ class JointNet:
 
     def inputs_of(self, node_id: str, task: str) -> list[str]:
         """The predecessors feeding `node_id` on `task`'s route, in port order."""
-        ins = [
-            (d["port"], u)
-            for u, _, d in self.graph.in_edges(node_id, data=True)
-            if task in d["tasks"]
-        ]
-        return [u for _, u in sorted(ins)]
+        return [u for _, u in self.in_ports(node_id, task)]
+
+    def in_ports(self, node_id: str, task: str) -> list[tuple[int, str]]:
+        """The (port, predecessor) pairs feeding `node_id` on `task`'s route, sorted by port."""
+        return self._routes().get(task, ((), {}))[1].get(node_id, [])
 
     def task_order(self, task: str) -> int:
         return list(self.tasks).index(task)

@@ -18,7 +18,7 @@ from torch import nn
 from jointnet.errors import JointNetError
 from jointnet.net import Init, JointNet
 
-__all__ = ["ParamStore", "make_tensor"]
+__all__ = ["ParamStore", "make_tensor", "referenced_keys"]
 
 
 def _seed(seed: int, key: str) -> int:
@@ -141,33 +141,7 @@ class ParamStore:
 
     def keys_of(self, nets: JointNet | Iterable[JointNet]) -> set[str]:
         """Keys referenced by `nets` (params, masks and TensorRef annotations)."""
-        from jointnet.net import TensorRef
-
-        nets = [nets] if isinstance(nets, JointNet) else list(nets)
-        keys: set[str] = set()
-
-        def refs(value) -> None:
-            if isinstance(value, TensorRef):
-                keys.add(value.key)
-            elif isinstance(value, (tuple, list)):
-                for v in value:
-                    refs(v)
-            elif hasattr(value, "values"):
-                for v in value.values():
-                    refs(v)
-
-        for net in nets:
-            refs(net.annotations)
-            for info in net.tasks.values():
-                refs(info.annotations)
-            for n in net.nodes:
-                node = net.node(n)
-                refs(node.annotations)
-                keys.update(p.key for p in node.params)
-                keys.update(m.key for m in node.masks)
-                for p in node.params:
-                    refs(p.annotations)
-        return keys
+        return referenced_keys(nets)
 
     def gc(self, keep: JointNet | Iterable[JointNet]) -> int:
         """Drop tensors none of the nets in `keep` references; returns how many went."""
@@ -180,3 +154,34 @@ class ParamStore:
 
     def numel(self, keys: Iterable[str]) -> int:
         return sum(self.tensors[k].numel() for k in keys)
+
+
+def referenced_keys(nets: JointNet | Iterable[JointNet]) -> set[str]:
+    """Keys referenced by `nets`: parameters, masks and `TensorRef` annotations."""
+    from jointnet.net import TensorRef
+
+    nets = [nets] if isinstance(nets, JointNet) else list(nets)
+    keys: set[str] = set()
+
+    def refs(value) -> None:
+        if isinstance(value, TensorRef):
+            keys.add(value.key)
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                refs(v)
+        elif hasattr(value, "values"):
+            for v in value.values():
+                refs(v)
+
+    for net in nets:
+        refs(net.annotations)
+        for info in net.tasks.values():
+            refs(info.annotations)
+        for n in net.nodes:
+            node = net.node(n)
+            refs(node.annotations)
+            keys.update(p.key for p in node.params)
+            keys.update(m.key for m in node.masks)
+            for p in node.params:
+                refs(p.annotations)
+    return keys

@@ -16,7 +16,8 @@ from typing import Any
 
 import networkx as nx
 
-from jointnet.errors import RewriteError
+from jointnet.errors import RewriteError, SpecError
+from jointnet.names import CHARSET, MAX_NAME, is_name
 from jointnet.frozen import FrozenDict, freeze, thaw
 from jointnet.net import JointNet, Node, Record
 
@@ -127,14 +128,16 @@ class Draft:
         return d["port"]
 
     def fresh_id(self, base: str) -> str:
-        """`base` if it is free, else ``base.2``, ``base.3``, ..."""
-        if base not in self.g:
-            return base
-        for i in range(2, 1 << 30):
-            cand = f"{base}.{i}"
-            if cand not in self.g:
-                return cand
-        raise self.error("no free node id")  # pragma: no cover
+        """`base` if it is free, else ``base.2``, ``base.3``, ...; a valid name or a RewriteError."""
+        out = base
+        i = 2
+        while out in self.g:
+            out = f"{base}.{i}"
+            i += 1
+        if not is_name(out):
+            raise self.error(f"the new node id {out!r} is not a valid name (1-{MAX_NAME} characters "
+                             f"from {CHARSET}); pass new_id=")
+        return out
 
     def fresh_key(self, node_id: str, name: str) -> str:
         """A parameter key that no other version of this lineage gives another meaning."""
@@ -167,6 +170,11 @@ class Draft:
         )
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _listing(names: Iterable[str], limit: int = 12) -> str:
     names = sorted(names)
     if not names:
@@ -189,10 +197,14 @@ def rewrite(fn: Callable[..., Any]) -> Callable[..., JointNet]:
     defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
     @functools.wraps(fn)
-    def wrapper(net: JointNet, /, **kwargs: Any) -> JointNet:
+    def wrapper(net: JointNet, /, *args: Any, **kwargs: Any) -> JointNet:
         if not isinstance(net, JointNet):
             raise RewriteError(f"expects a JointNet as first argument, got {type(net).__name__}",
                                rewrite=name, kwargs=kwargs)
+        if args:
+            raise RewriteError(f"arguments after the net are keyword-only; got {len(args)} positional "
+                               f"argument(s) {_shown(args)}; call {name}(net, {', '.join(f'{a}=...' for a in sorted(required))})",
+                               rewrite=name, kwargs=kwargs, version=net.version)
         unknown = set(kwargs) - allowed
         missing = required - set(kwargs)
         if unknown or missing:
@@ -206,8 +218,11 @@ def rewrite(fn: Callable[..., Any]) -> Callable[..., JointNet]:
         full = {**defaults, **kwargs}
         full = {k: full[k] for k in [p.name for p in params]}
         draft = Draft(net, name, full)
-        if fn(draft, **full) is _NO_CHANGE:
-            return net
+        try:
+            if fn(draft, **full) is _NO_CHANGE:
+                return net
+        except SpecError as e:  # a value the net's own validators refuse (name, size, number)
+            raise draft.error(str(e)) from None
         out = draft.finish()
         if os.environ.get("JOINTNET_CHECK"):
             from jointnet.check import check

@@ -25,6 +25,7 @@ import networkx as nx
 from jointnet.errors import InvariantError, SpecError
 from jointnet.frozen import FrozenDict
 from jointnet.layers import Head, Input, Layer, infer_spec
+from jointnet.names import MAX_DIM, check_float, check_name
 from jointnet.net import Group, Init, Mask, Node, NodePolicy, Param, TaskInfo
 from jointnet.rewrite import NO_CHANGE, Draft, rewrite
 from jointnet.shapes import route_sink, task_shapes
@@ -73,8 +74,10 @@ def _require_open(d: Draft, task: str) -> TaskInfo:
 
 
 def _new_node_id(d: Draft, node: str) -> str:
-    if not isinstance(node, str) or not node:
-        raise d.error(f"a node id must be a non-empty string (got {node!r})")
+    try:
+        check_name(node, "a node id")
+    except SpecError as e:
+        raise d.error(str(e)) from None
     if node in d.g:
         raise d.error(f"node {node!r} already exists")
     return node
@@ -122,8 +125,10 @@ def add_task(d: Draft, /, *, task: str, input: str | None = None) -> None:
 
     The task is *open* until `add_head` closes it: `add_node` and `bind` build its route.
     """
-    if not isinstance(task, str) or not task:
-        raise d.error(f"a task name must be a non-empty string (got {task!r})")
+    try:
+        check_name(task, "a task name")
+    except SpecError as e:
+        raise d.error(str(e)) from None
     if task in d.tasks:
         raise d.error(f"task {task!r} already exists")
     inputs = [n for n, data in d.g.nodes(data=True) if data["n"].kind == "Input"]
@@ -201,8 +206,8 @@ def add_head(
             raise d.error(f"shared head {other.head!r} has {head.spec.out_f} classes, not {n_classes}")
         head_id = other.head
     else:
-        if not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 1:
-            raise d.error(f"n_classes must be a positive int (got {n_classes!r})")
+        if type(n_classes) is not int or not 1 <= n_classes <= MAX_DIM:
+            raise d.error(f"n_classes must be an int in [1, {MAX_DIM}] (got {n_classes!r})")
         head_id = _new_node_id(d, node or f"head.{task}")
         spec = Head(in_f=shape[0], out_f=n_classes)
         d.set_node(Node(head_id, spec, _fresh_params(d, head_id, spec), created_by=task))
@@ -436,8 +441,8 @@ def widen(d: Draft, /, *, node: str, k: int, task: str, init: str = "fresh") -> 
     channels; tasks added later that route through `node` do. init: ``fresh`` (the layer's
     default scheme) or ``zeros`` (new input columns start at 0).
     """
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise d.error(f"k must be a positive int (got {k!r})")
+    if type(k) is not int or not 1 <= k <= MAX_DIM:
+        raise d.error(f"k must be an int in [1, {MAX_DIM}] (got {k!r})")
     if init not in ("fresh", "zeros"):
         raise d.error(f"init must be 'fresh' or 'zeros' (got {init!r})")
     d.require_on_route(task, node)
@@ -564,7 +569,11 @@ def commit_mask(d: Draft, /, *, node: str, task: str, param: str = "weight", thr
     if m.state == "committed":
         return NO_CHANGE
     key = d.fresh_key(node, f"mask.{task}.{param}.bits")
-    how = Init("threshold", scheme=m.transform, src=m.key, value=float(threshold))
+    try:
+        value = check_float(threshold, "threshold")
+    except SpecError as e:
+        raise d.error(str(e)) from None
+    how = Init("threshold", scheme=m.transform, src=m.key, value=value)
     bits = attrs.evolve(m, key=key, state="committed", transform="identity", init=how)
     d.set_node(attrs.evolve(n, masks=tuple(bits if x is m else x for x in n.masks)))
 

@@ -18,9 +18,12 @@ results of one never interrupted (on CPU).
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
-import tempfile
+import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -56,16 +59,39 @@ class RunSpec:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Write `text` to `path` through a temporary file beside it, as `snapshot.save` does: the same
+    name pattern (``.NAME.<12 hex>.tmp``, so `_clean_stale` finds leftovers of a kill) and the same
+    mode (0o666 less the umask) for every file of a run."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+# Temporary files this module and `snapshot.save` create beside a run's files; a kill during a
+# write leaves one behind, and `resume` removes them (only regular files of exactly this form).
+_STALE = re.compile(r"\.(run\.json|results\.json|results\.csv|task_\d{2,}_[A-Za-z0-9_.:+@/-]+\.jn)"
+                    r"\.[0-9a-f]{12}\.tmp")
+
+
+def _clean_stale(out: Path) -> list[Path]:
+    """Remove the temporary files a killed write left in `out` and `out/snapshots`."""
+    gone = []
+    for folder in (out, out / "snapshots"):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for entry in os.scandir(folder):
+            if _STALE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                gone.append(Path(entry.path))
+    return gone
 
 
 def format_matrix(names: list[str], R: list[list[float | None]]) -> str:
@@ -128,15 +154,91 @@ def run(spec: RunSpec, out: str | Path, *, echo: Callable[[str], Any] = print, p
 
 
 def resume(out: str | Path, *, echo: Callable[[str], Any] = print, progress: bool = False) -> dict:
-    """Continue the run in `out` from its last snapshot (or finish at once if it is complete)."""
+    """Continue the run in `out` from its last snapshot (or finish at once if it is complete).
+
+    Everything read from `out` is validated first (run.json, results.json, the snapshot names it
+    lists); a damaged file is a `JointNetError` naming it, before anything is written. Temporary
+    files left by a kill during a write are removed.
+    """
     out = Path(out)
-    try:
-        spec = RunSpec(**json.loads((out / "run.json").read_text()))
-    except FileNotFoundError:
-        raise JointNetError(f"{out} holds no run (no run.json)") from None
-    except (ValueError, TypeError) as e:
-        raise JointNetError(f"{out / 'run.json'} is not a valid run description: {e}") from None
+    spec = _read_spec(out / "run.json")
+    _clean_stale(out)
     return _go(spec, out, echo=echo, progress=progress)
+
+
+_SPEC_TYPES = {
+    "strategy": (str,), "stream": (str,), "seed": (int,), "strategy_options": (dict,),
+    "stream_options": (dict,), "config": (dict,), "reference": (str, type(None)),
+}
+
+
+def _read_spec(path: Path) -> RunSpec:
+    """The RunSpec in run.json, every field's type checked."""
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise JointNetError(f"{path.parent} holds no run (no run.json)") from None
+    except (OSError, ValueError) as e:
+        raise JointNetError(f"{path} is not a valid run description: {e}") from None
+    if not isinstance(raw, dict) or set(raw) != set(_SPEC_TYPES):
+        raise JointNetError(f"{path} is not a valid run description: it must be a map with the keys "
+                            f"{', '.join(_SPEC_TYPES)}")
+    for key, types in _SPEC_TYPES.items():
+        if type(raw[key]) not in types:
+            raise JointNetError(f"{path} is not a valid run description: {key} must be "
+                                f"{' or '.join(t.__name__ for t in types)}, got {raw[key]!r:.60}")
+    return RunSpec(**raw)
+
+
+def _snapshot_name(i: int, task: str) -> str:
+    return str(Path("snapshots") / f"task_{i:02d}_{task}.jn")
+
+
+def _read_results(path: Path, spec: RunSpec, names: list[str]) -> dict:
+    """results.json of a run, checked against its run.json and stream: a damaged or foreign file
+    is a one-line `JointNetError` naming what is wrong, never a traceback or a read elsewhere."""
+
+    def bad(why: str) -> JointNetError:
+        return JointNetError(f"{path} is damaged ({why}); the snapshots in {path.parent / 'snapshots'} "
+                             "are untouched: remove results.json and the snapshots to start over")
+
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise bad(f"not readable JSON: {e}") from None
+    keys = {"format", "strategy", "stream", "seed", "tasks", "done", "matrix", "metrics", "params",
+            "wall_time", "epochs", "snapshots"}
+    if not isinstance(res, dict) or not keys <= set(res):
+        raise bad(f"it must be a map with the keys {', '.join(sorted(keys))}")
+    if res["format"] != RESULTS_VERSION:
+        raise bad(f"format {res['format']!r:.20}, this jointnet writes {RESULTS_VERSION}")
+    for key in ("strategy", "stream", "seed", "tasks"):
+        want = names if key == "tasks" else getattr(spec, key)
+        if res[key] != want:
+            raise bad(f"its {key} {res[key]!r:.60} is not the run's {want!r:.60}")
+    done = res["done"]
+    if type(done) is not int or not 0 <= done <= len(names):
+        raise bad(f"done must be an int in [0, {len(names)}], got {done!r:.20}")
+    for key in ("matrix", "params", "wall_time", "epochs", "snapshots"):
+        if not isinstance(res[key], list) or len(res[key]) != done:
+            raise bad(f"{key} must be a list of {done} entries, one per finished task")
+    for i, row in enumerate(res["matrix"]):
+        if (not isinstance(row, list) or len(row) != i + 1
+                or not all(type(a) in (int, float) and math.isfinite(a) for a in row)):
+            raise bad(f"matrix row {i} must hold {i + 1} accuracies")
+    for i, p in enumerate(res["params"]):
+        if (not isinstance(p, dict) or type(p.get("total")) is not int or type(p.get("shared")) is not int
+                or not isinstance(p.get("owned"), dict)):
+            raise bad(f"params entry {i} must be a map with total, shared and owned")
+    for i, w in enumerate(res["wall_time"]):
+        if type(w) not in (int, float) or not math.isfinite(w):
+            raise bad(f"wall_time entry {i} must be a number")
+    for i, snap in enumerate(res["snapshots"]):
+        if snap != _snapshot_name(i, names[i]):
+            raise bad(f"snapshot entry {i} must be {_snapshot_name(i, names[i])!r}, got {snap!r:.60}")
+    if not isinstance(res["metrics"], dict):
+        raise bad("metrics must be a map")
+    return res
 
 
 def _go(spec: RunSpec, out: Path, *, echo, progress: bool) -> dict:
@@ -148,6 +250,18 @@ def _go(spec: RunSpec, out: Path, *, echo, progress: bool) -> dict:
     stream = _load_stream(spec)
     names = [t.name for t in stream.tasks]
     results_path = out / "results.json"
+    resuming = results_path.exists()
+    if resuming:  # everything read from the directory is checked before anything is written
+        results = _read_results(results_path, spec, names)
+        done = results["done"]
+        if done:
+            snap = out / results["snapshots"][done - 1]
+            net, store = snapshot.load(snap, device=config.device)
+            if list(net.tasks) != names[:done]:
+                raise JointNetError(f"{snap} holds tasks {list(net.tasks)!r:.80}, not the run's first "
+                                    f"{done} tasks {names[:done]!r:.80}")
+        else:
+            net, store = JointNet.empty(), ParamStore(seed=spec.seed, device=config.device)
     logf = open(out / "log.txt", "a")
 
     def say(msg: str) -> None:
@@ -155,13 +269,7 @@ def _go(spec: RunSpec, out: Path, *, echo, progress: bool) -> dict:
         logf.flush()
         echo(msg)
 
-    if results_path.exists():
-        results = json.loads(results_path.read_text())
-        done = results["done"]
-        if done:
-            net, store = snapshot.load(out / results["snapshots"][done - 1], device=config.device)
-        else:
-            net, store = JointNet.empty(), ParamStore(seed=spec.seed, device=config.device)
+    if resuming:
         say(f"resuming {out}: {done} of {len(names)} tasks done")
     else:
         results = {
@@ -186,7 +294,7 @@ def _go(spec: RunSpec, out: Path, *, echo, progress: bool) -> dict:
             state.store.realize(state.net)
             wall = time.perf_counter() - t0
             row = _evaluate(strategy, state, stream, i, config)
-            snap = Path("snapshots") / f"task_{i:02d}_{task.name}.jn"
+            snap = _snapshot_name(i, task.name)
             snapshot.save(out / snap, state.net, state.store)
             results["matrix"].append(row)
             results["params"].append(_counts(state.net))
@@ -228,10 +336,9 @@ def _write_csv(path: Path, results: dict) -> None:
         p = results["params"][i]
         rows.append([i, names[i], f"{results['wall_time'][i]:.3f}", p["total"], p["shared"],
                      p["owned"].get(names[i], 0)] + [f"{a:.6f}" for a in row] + [""] * (len(names) - len(row)))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "task", "wall_time_s", "params_total", "params_shared", "params_owned"]
-                   + [f"acc_{n}" for n in names])
-        w.writerows(rows)
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["index", "task", "wall_time_s", "params_total", "params_shared", "params_owned"]
+               + [f"acc_{n}" for n in names])
+    w.writerows(rows)
+    _atomic_write(path, buf.getvalue())

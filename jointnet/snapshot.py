@@ -18,7 +18,7 @@ Guarantees:
   structure, log) and bit-identical tensors, so compiled outputs are bit-identical too.
 
 >>> from jointnet import backbones
->>> from jointnet.params import ParamStore
+>>> from jointnet.params import ParamStore, referenced_keys
 >>> net = backbones.build(backbones.mlp(4, [8]), task="t1", n_classes=2)
 >>> store = ParamStore(seed=0).realize(net)
 >>> net2, store2 = loads(dumps(net, store))
@@ -46,9 +46,10 @@ import networkx as nx
 import torch
 from torch import nn
 
-from jointnet.errors import InvariantError, SnapshotError
+from jointnet.errors import InvariantError, SnapshotError, SpecError
 from jointnet.frozen import FrozenDict
 from jointnet.layers import Layer, spec_from_dict, spec_to_dict
+from jointnet.names import check_shape
 from jointnet.net import (
     Group,
     Init,
@@ -62,7 +63,7 @@ from jointnet.net import (
     TaskInfo,
     TensorRef,
 )
-from jointnet.params import ParamStore
+from jointnet.params import ParamStore, referenced_keys
 
 __all__ = ["save", "load", "dumps", "loads", "FORMAT", "FORMAT_VERSION", "SUPPORTED_VERSIONS"]
 
@@ -309,11 +310,21 @@ def _tuple(v: Any, what: str) -> tuple:
     return v
 
 
-def _shape(v: Any, what: str) -> tuple[int, ...]:
-    for s in _tuple(v, what):
-        if type(s) is not int or s < 0:
-            raise _Bad(f"{what} must be an array of non-negative integers (got {v!r})")
-    return v
+def _shape(v: Any, what: str, zero: bool = False) -> tuple[int, ...]:
+    # Bounded axis by axis before any arithmetic (names.check_shape): a declared shape of 120,000
+    # axes of 2**64-1 must cost nothing, not a product of huge integers.
+    try:
+        return check_shape(_tuple(v, what), what, zero=zero)
+    except SpecError as e:
+        raise _Bad(str(e)) from None
+
+
+def _make(cls, *args: Any, **kwargs: Any) -> Any:
+    """``cls(*args, **kwargs)``, its validators' complaints (the rewrites' own) as `_Bad`."""
+    try:
+        return cls(*args, **kwargs)
+    except (SpecError, TypeError, ValueError) as e:
+        raise _Bad(str(e)) from None
 
 
 def _ann(v: Any, what: str = "annotations") -> Any:
@@ -444,7 +455,7 @@ class _Decoder:
         if out is None:
             if key[0] not in ("fresh", "copy", "threshold"):
                 raise _Bad(f"init.kind must be fresh, copy or threshold (got {key[0]!r})")
-            out = self.inits[key] = Init(key[0], scheme=key[1], fan_in=key[2], src=key[3], value=key[4])
+            out = self.inits[key] = _make(Init, key[0], scheme=key[1], fan_in=key[2], src=key[3], value=key[4])
         return out
 
     def spec(self, v: Any) -> Layer:
@@ -463,7 +474,7 @@ class _Decoder:
 
     def param(self, v: Any) -> Param:
         m = _map(v, _PARAM_KEYS, "param")
-        return Param(
+        return _make(Param, 
             _str(m["name"], "name"),
             _str(m["key"], "key"),
             _shape(m["shape"], "shape"),
@@ -477,7 +488,7 @@ class _Decoder:
 
     def mask(self, v: Any) -> Mask:
         m = _map(v, _MASK_KEYS, "mask")
-        return Mask(
+        return _make(Mask, 
             _str(m["task"], "task"),
             _str(m["param"], "param"),
             _str(m["key"], "key"),
@@ -492,7 +503,7 @@ class _Decoder:
         m = _map(v, _NODE_KEYS, "node")
         node_id = _str(m["id"], "id")
         try:
-            return Node(
+            return _make(Node, 
                 node_id,
                 self.spec(m["spec"]),
                 params=tuple(_each(m["params"], "params", self.param)),
@@ -505,7 +516,7 @@ class _Decoder:
             )
         except _Bad as e:
             e.named = True
-            raise e.at(f"[{node_id!r}]") from None
+            raise e.at(f"[{_shown(node_id)}]") from None
 
     def net(self, v: Any) -> JointNet:
         m = _map(v, _NET_KEYS, "net")
@@ -534,7 +545,7 @@ class _Decoder:
             if key in policy:
                 raise _Bad(f"policy entry {key!r} appears twice")
             policy[key] = pol
-        return JointNet(
+        return _make(JointNet, 
             nx.freeze(g),
             tasks=FrozenDict(tasks),
             policy=FrozenDict(policy),
@@ -567,7 +578,7 @@ def _dec_init(v: Any) -> Init:
 
 def _dec_group(v: Any) -> Group:
     m = _map(v, _GROUP_KEYS, "group")
-    return Group(_str(m["id"], "id"), _int(m["size"], "size"), _str(m["owner"], "owner"),
+    return _make(Group, _str(m["id"], "id"), _int(m["size"], "size"), _str(m["owner"], "owner"),
                  _int(m["created_at"], "created_at"))
 
 
@@ -581,14 +592,14 @@ def _dec_edge(v: Any) -> tuple[str, str, frozenset, int]:
 
 def _dec_task(v: Any) -> TaskInfo:
     t = _map(v, _TASK_KEYS, "task")
-    return TaskInfo(_str(t["name"], "name"), _str(t["input"], "input"), _int(t["added_at"], "added_at"),
+    return _make(TaskInfo, _str(t["name"], "name"), _str(t["input"], "input"), _int(t["added_at"], "added_at"),
                     head=_opt_str(t["head"], "head"), annotations=_ann(t["annotations"]))
 
 
 def _dec_policy(v: Any) -> tuple[tuple, NodePolicy]:
     p = _map(v, _POLICY_KEYS, "policy entry")
     key = (_opt_str(p["task"], "task"), _str(p["node"], "node"))
-    return key, NodePolicy(_bool(p["frozen"], "frozen"), _num(p["lr_scale"], "lr_scale"),
+    return key, _make(NodePolicy, _bool(p["frozen"], "frozen"), _num(p["lr_scale"], "lr_scale"),
                           _bool(p["keep_owned"], "keep_owned"))
 
 
@@ -600,7 +611,7 @@ def _dec_record(v: Any) -> Record:
     kwargs = _ann(r["kwargs"], "kwargs")
     if not isinstance(kwargs, Mapping):
         raise _Bad("kwargs must be a map")
-    return Record(name, kwargs)
+    return _make(Record, name, kwargs)
 
 
 def _dec_net(v: Any) -> JointNet:
@@ -1071,7 +1082,7 @@ def _read_raw(src: _Source) -> tuple[Any, Any, dict[str, tuple]]:
     _expect(up, "store")
     store_obj = up.unpack()
     _expect(up, "tensors")
-    plan = _check_index(up.unpack(), store_obj)
+    plan = _check_index(up.unpack(), store_obj, size)
     _expect(up, "data")
     # From here on read by hand: tensor bytes go straight from the file into the tensors.
     head_len = up.tell()
@@ -1109,8 +1120,9 @@ def _read_tensors(src: _Source, plan: list[tuple]) -> dict[str, tuple]:
     return tensors
 
 
-def _check_index(index: Any, store_obj: Any) -> list[tuple]:
-    """Validate the store entry and the tensor index; the plan of tensors to read."""
+def _check_index(index: Any, store_obj: Any, size: int) -> list[tuple]:
+    """Validate the store entry and the tensor index against the file's `size`; the plan of
+    tensors to read."""
     if store_obj is not None:
         m = _map(store_obj, _STORE_KEYS, "store")
         _int(m["seed"], "store.seed")
@@ -1126,7 +1138,7 @@ def _check_index(index: Any, store_obj: Any) -> list[tuple]:
         dtype = _DTYPES.get(_str(e["dtype"], where + ".dtype"))
         if dtype is None:
             raise _Bad(f"tensor {key!r} has unknown dtype {e['dtype']!r}; known are {', '.join(_DTYPES)}")
-        shape = _shape(e["shape"], where + ".shape")
+        shape = _shape(e["shape"], where + ".shape", zero=True)
         nbytes = _int(e["nbytes"], where + ".nbytes")
         if nbytes != math.prod(shape) * dtype.itemsize:
             raise _Bad(f"tensor {key!r} has {nbytes} bytes, but shape {list(shape)} of {e['dtype']} needs "
@@ -1138,6 +1150,9 @@ def _check_index(index: Any, store_obj: Any) -> list[tuple]:
         plan.append((key, dtype, shape, nbytes, param, grad))
     if plan and store_obj is None:
         raise _Bad("the file has tensors but no store entry")
+    total = sum(p[3] for p in plan)
+    if total > size:
+        raise _Bad(f"the tensor index declares {total} bytes of tensors, more than the file's {size} bytes")
     return plan
 
 
@@ -1145,6 +1160,7 @@ def _build(raw, device) -> tuple[JointNet, ParamStore | None]:
     net_obj, store_obj, tensors = raw
     net = _dec_net(net_obj)
     _run_check(net)
+    _check_tensors(net, tensors)
     if store_obj is None:
         return net, None
     store = ParamStore(seed=store_obj["seed"], device=device)
@@ -1160,6 +1176,32 @@ def _build(raw, device) -> tuple[JointNet, ParamStore | None]:
     return net, store
 
 
+def _check_tensors(net: JointNet, tensors: dict[str, tuple]) -> None:
+    """Every tensor of the file against what the net says of it: a parameter or mask tensor has
+    the shape of its `Param` / `Mask` and a floating dtype; any other tensor must be referenced
+    by a `TensorRef` of the net (strategy data, any dtype)."""
+    if not tensors:
+        return
+    owners: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for n in net.nodes:
+        node = net.node(n)
+        for p in node.params:
+            owners[p.key] = (f"parameter {p.name!r} {p.block} of node {n!r}", p.shape)
+        for m in node.masks:
+            owners[m.key] = (f"mask of task {m.task!r} on {n!r}.{m.param}", m.shape)
+    refs = referenced_keys(net)
+    for key, (t, _param, _grad) in tensors.items():
+        if key in owners:
+            what, shape = owners[key]
+            if tuple(t.shape) != shape:
+                raise _Bad(f"tensor {key!r} ({what}) has shape {list(t.shape)}, the net says {list(shape)}")
+            if not t.dtype.is_floating_point:
+                raise _Bad(f"tensor {key!r} ({what}) has dtype {_DTYPE_OF[t.dtype]}; parameters and masks "
+                           "must be floating point")
+        elif key not in refs:
+            raise _Bad(f"tensor {key!r} is not referenced by the net (no parameter, mask or TensorRef has it)")
+
+
 def _run_check(net: JointNet) -> None:
     try:
         from jointnet.check import check
@@ -1173,12 +1215,18 @@ def _run_check(net: JointNet) -> None:
         raise _Bad(f"the net breaks an invariant: {e}") from e
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _load_from(src: _Source, name: str, device) -> tuple[JointNet, ParamStore | None]:
     try:
         with _no_gc():
             return _build(_read_raw(src), device)
     except _Bad as e:
-        raise SnapshotError(f"cannot load snapshot {name}: {e}") from None
+        msg = str(e)  # names the field; capped, since it may quote a hostile value
+        raise SnapshotError(f"cannot load snapshot {name}: {msg if len(msg) <= 400 else msg[:397] + '...'}") from None
     except msgpack.OutOfData:
         raise SnapshotError(f"cannot load snapshot {name}: the file ends early (truncated)") from None
     except (msgpack.FormatError, msgpack.StackError, msgpack.ExtraData, UnicodeDecodeError) as e:

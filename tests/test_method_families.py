@@ -133,7 +133,7 @@ def test_lasem_one_branch_per_configuration_then_commit():
     fit(net, store, "t1", _batches(shape, 3))
     slots = ("conv2", "fc1")  # the transferable layers; bit 1 = "own", 0 = "share"
     configs = ["".join(bits) for bits in itertools.product("01", repeat=len(slots))]
-    names = [f"t2|{c}" for c in configs]
+    names = [f"t2:{c}" for c in configs]
     for name, bits in zip(names, configs):
         net = rw.add_task(net, task=name)
         net = rw.bind(net, task=name, to="t1")
@@ -153,7 +153,7 @@ def test_lasem_one_branch_per_configuration_then_commit():
     together = compile_net(net, store, names)
     singles = {n: compile_net(net, store, n) for n in names}
     per_task = sum(_code_lines(m) for m in singles.values())
-    assert per_task == 4 * (len(net.route("t2|00")) - 1)
+    assert per_task == 4 * (len(net.route("t2:00")) - 1)
     # conv1, relu1, pool1 once; conv2 by 2 branches + 2 own; relu2/pool2/flatten1 after each of
     # the 3 conv2 variants; fc1 by 2 branches (fed by 2 different conv2s) + 2 own; relu3 and head
     # per branch.
@@ -165,7 +165,7 @@ def test_lasem_one_branch_per_configuration_then_commit():
     inv.assert_outputs_equal(single, outs, names, "multi-task compile")
 
     # Commit one configuration: drop the others and prune what no task routes through.
-    keep = "t2|01"
+    keep = "t2:01"
     committed = net
     for n in names:
         if n != keep:

@@ -236,7 +236,7 @@ scalars = (
 )
 keys = st.sampled_from(["a", "b", "__spec__", "__list__", "__x__", "kind"]) | st.text(max_size=6)
 leaves = (
-    scalars | st.builds(TensorRef, st.text(max_size=8)) | st.sampled_from(INITS) | st.sampled_from(SPECS)
+    scalars | st.builds(TensorRef, st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.:+@/-]{0,7}", fullmatch=True)) | st.sampled_from(INITS) | st.sampled_from(SPECS)
     | st.frozensets(st.integers(-5, 5), max_size=3)
 )
 values = st.recursive(
