@@ -1,7 +1,7 @@
 """Every baseline on split-fmnist and permuted-fmnist (5 tasks), several seeds: AP, AF, BWT,
 parameters and wall time, mean and spread (sample standard deviation).
 
-Each run goes through `jointnet.runner.run` (the same code path as ``jointnet run``) into
+Each run goes through `jointnet.experiments.runner.run` (the same code path as ``jointnet run``) into
 ``--out/STREAM/STRATEGY/seedS``; an existing complete run there is reused, so an interrupted
 benchmark continues where it stopped.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from jointnet.runner import RunSpec, resume, run
+from jointnet.experiments.runner import RunSpec, resume, run
 
 STRATEGIES = ("finetune", "independent", "frozen", "ewc", "lwf", "hat", "pnn", "packnet")
 STREAMS = ("split-fmnist", "permuted-fmnist")

@@ -26,8 +26,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from jointnet import backbones  # noqa: E402
-from jointnet.compile import compile_net  # noqa: E402
-from jointnet.params import ParamStore  # noqa: E402
+from jointnet.execution.compile import compile_net  # noqa: E402
+from jointnet.execution.store import ParamStore  # noqa: E402
 
 TARGET = 1.05
 

@@ -16,7 +16,7 @@ reproduction; the paper states none). Rows:
   ``random (matched)``: random bind target and random slots, but as many slots per task as
   ``l2bg d=0.55`` grew in the same seed (about equal parameters: the paper's ablation claim).
 
-Columns: AP and BWT from the test accuracy matrix (`jointnet.metrics`); **gain (error-relative)**:
+Columns: AP and BWT from the test accuracy matrix (`jointnet.experiments.metrics`); **gain (error-relative)**:
 the multi-task gain on *test* errors against the ``independent`` run of the same seed, ``(100/T)
 sum_t (E_ind,t - E_t) / max(E_ind,t, 1/n_test,t)`` (percent, positive = better than independent
 nets; the spec's §2.7 definition with its sign fixed, on test data so every row is comparable;
@@ -44,8 +44,8 @@ from pathlib import Path
 
 import torch
 
-from jointnet.streams import get_stream
-from jointnet.trainer import TrainConfig
+from jointnet.experiments.streams import get_stream
+from jointnet.experiments.trainer import TrainConfig
 from strategies.l2bg import accuracy_gain, grow_sequence, multitask_gain
 from strategies.l2bg_search import SearchSpec, format_pareto, pareto, run_stream, search
 

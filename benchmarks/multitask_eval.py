@@ -35,11 +35,11 @@ import torch  # noqa: E402
 from _common import calls_per_block, header, time_block  # noqa: E402
 
 from jointnet import backbones  # noqa: E402
-from jointnet.compile import compile_net  # noqa: E402
-from jointnet.net import JointNet  # noqa: E402
-from jointnet.params import ParamStore  # noqa: E402
-from jointnet.rewrites import add_head, add_task, bind, clone_node  # noqa: E402
-from jointnet.shapes import task_shapes  # noqa: E402
+from jointnet.execution.compile import compile_net  # noqa: E402
+from jointnet.graph.net import JointNet  # noqa: E402
+from jointnet.execution.store import ParamStore  # noqa: E402
+from jointnet.graph import add_head, add_task, bind, clone_node  # noqa: E402
+from jointnet.graph.shapes import task_shapes  # noqa: E402
 
 TOLERANCE = 0.10
 

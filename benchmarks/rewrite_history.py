@@ -29,8 +29,8 @@ import torch  # noqa: E402
 from _common import header  # noqa: E402
 
 from jointnet import backbones  # noqa: E402
-from jointnet.net import JointNet  # noqa: E402
-from jointnet.rewrites import add_head, add_task, annotate, bind, set_lr_scale  # noqa: E402
+from jointnet.graph.net import JointNet  # noqa: E402
+from jointnet.graph import add_head, add_task, annotate, bind, set_lr_scale  # noqa: E402
 
 RATIO_TARGET = 1.2  # "~1": last/first window within 20% (windows are ~1 s of a noisy machine)
 ABS_TARGET_MS = 5.0

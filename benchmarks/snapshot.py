@@ -28,9 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jointnet import backbones, snapshot  # noqa: E402
-from jointnet.net import JointNet  # noqa: E402
-from jointnet.params import ParamStore  # noqa: E402
-from jointnet.rewrites import add_head, add_input, add_node, add_task  # noqa: E402
+from jointnet.graph.net import JointNet  # noqa: E402
+from jointnet.execution.store import ParamStore  # noqa: E402
+from jointnet.graph import add_head, add_input, add_node, add_task  # noqa: E402
 
 
 def big_mlp(params: int) -> tuple[JointNet, ParamStore]:

@@ -13,10 +13,10 @@ import torch
 
 import jointnet as jn
 from jointnet import backbones, snapshot
-from jointnet.compile import compile_net
-from jointnet.diff import diff
-from jointnet.train import evaluate, fit
-from jointnet.views import param_counts
+from jointnet.execution.compile import compile_net
+from jointnet.persistence.diff import diff
+from jointnet.execution.optim import evaluate, fit
+from jointnet.persistence.views import param_counts
 
 
 def synthetic_task(seed: int, n: int = 512, classes: int = 2):

@@ -19,11 +19,11 @@ import tempfile
 from pathlib import Path
 
 from jointnet import snapshot
-from jointnet.render import render
-from jointnet.runner import RunSpec, print_results, run
-from jointnet.streams import get_stream
-from jointnet.trainer import TrainConfig
-from jointnet.views import param_counts
+from jointnet.persistence.render import render
+from jointnet.experiments.runner import RunSpec, print_results, run
+from jointnet.experiments.streams import get_stream
+from jointnet.experiments.trainer import TrainConfig
+from jointnet.persistence.views import param_counts
 from strategies.l2bg import PROV, grow_sequence, net_gain
 from strategies.l2bg_search import replay_sequence
 

@@ -1,4 +1,13 @@
-"""jointnet: task-incremental continual-learning architectures as versioned graphs."""
+"""jointnet: task-incremental continual-learning architectures as versioned graphs.
+
+The public API, by sub-package (each readable top-down):
+
+- `jointnet.graph`: the immutable `JointNet` value, its layer kinds and its rewrites;
+- `jointnet.execution`: the `ParamStore` and compilation to torch modules;
+- `jointnet.persistence`: snapshots, `diff`, views and rendering;
+- `jointnet.experiments`: data, streams, the trainer, metrics and the runner;
+- `jointnet.cli`: the ``jointnet`` command line.
+"""
 
 from jointnet.errors import (
     CompileError,
@@ -8,15 +17,17 @@ from jointnet.errors import (
     SnapshotError,
     SpecError,
 )
-from jointnet.net import JointNet, Node, Param, Record, TensorRef
-from jointnet.rewrite import REWRITES, apply, replay, rewrite
-from jointnet.rewrites import (
+from jointnet.execution.compile import compile_net
+from jointnet.execution.store import ParamStore
+from jointnet.graph import (
     add_head,
     add_input,
     add_node,
     add_task,
+    add_task_embedding,
     annotate,
     attach_mask,
+    backbones,
     bind,
     clone_node,
     commit_mask,
@@ -31,8 +42,19 @@ from jointnet.rewrites import (
     unfreeze,
     widen,
 )
-from jointnet.params import ParamStore
-from jointnet.compile import compile_net
-from jointnet import backbones
+from jointnet.graph.check import check
+from jointnet.graph.draft import REWRITES, apply, replay, rewrite
+from jointnet.graph.net import JointNet, Node, Param, Record, TensorRef
+from jointnet.persistence import snapshot
+from jointnet.persistence.snapshot import load, save
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "JointNetError", "SpecError", "RewriteError", "InvariantError", "SnapshotError", "CompileError",
+    "JointNet", "Node", "Param", "Record", "TensorRef", "REWRITES", "apply", "replay", "rewrite",
+    "add_input", "add_task", "add_node", "add_head", "bind", "route_through", "clone_node", "reroute",
+    "remove_task", "prune", "widen", "attach_mask", "commit_mask", "release_mask", "freeze",
+    "unfreeze", "set_lr_scale", "per_task_bn", "add_task_embedding", "annotate", "check",
+    "ParamStore", "compile_net", "snapshot", "save", "load", "backbones", "__version__",
+]

@@ -5,7 +5,7 @@ A strategy is a frozen config plus four steps the runner calls for every task of
 - ``before_task(state, task, index)``: rewrite ``state.net`` for the new task (add it, route it,
   add its head, set its train policy);
 - ``hooks(state, task, index)``: the trainer `Hooks` (extra loss, gradient transform, ...);
-- ``train_task(state, task, index)``: train it (default: `jointnet.trainer.train_task`);
+- ``train_task(state, task, index)``: train it (default: `jointnet.experiments.trainer.train_task`);
 - ``after_task(state, task, index)``: post-task passes (importance, pruning, masks, freezing).
 
 All state a strategy needs later lives in the net (annotations, policy) and the store (tensors
@@ -24,10 +24,10 @@ import attrs
 
 from jointnet import backbones
 from jointnet.errors import JointNetError
-from jointnet.net import JointNet
-from jointnet.params import ParamStore
-from jointnet.rewrites import add_head, add_node, add_task
-from jointnet.trainer import Hooks, TrainConfig, TrainResult, train_task
+from jointnet.graph.net import JointNet
+from jointnet.execution.store import ParamStore
+from jointnet.graph import add_head, add_node, add_task
+from jointnet.experiments.trainer import Hooks, TrainConfig, TrainResult, train_task
 
 __all__ = ["RunState", "Strategy", "register", "get", "STRATEGIES", "add_column", "default_backbone"]
 

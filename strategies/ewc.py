@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from attrs import validators as v
 
-from jointnet.compile import compile_net
+from jointnet.execution.compile import compile_net
 from jointnet.errors import JointNetError
-from jointnet.net import JointNet, Param, TensorRef
-from jointnet.rewrites import annotate
-from jointnet.trainer import Hooks
+from jointnet.graph.net import JointNet, Param, TensorRef
+from jointnet.graph import annotate
+from jointnet.experiments.trainer import Hooks
 from strategies.base import RunState, Strategy, register
 from strategies.simple import _trunk_task
 

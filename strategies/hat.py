@@ -55,7 +55,7 @@ The runner uses it as the strategy's defaults (a run's ``config`` / ``-T key=val
 
 Example:
 
->>> from jointnet.runner import RunSpec
+>>> from jointnet.experiments.runner import RunSpec
 >>> spec = RunSpec("hat", "split-fmnist", strategy_options={"s_max": 400.0, "c": 0.75},
 ...                config=RECOMMENDED_CONFIG)
 >>> spec.config["schedule"]
@@ -72,15 +72,15 @@ import torch
 from attrs.validators import ge, gt, instance_of, optional
 
 from jointnet import backbones
-from jointnet.compile import compile_net
+from jointnet.execution.compile import compile_net
 from jointnet.errors import JointNetError
-from jointnet.layers import ParamInfo
-from jointnet.net import JointNet, TensorRef
-from jointnet.params import ParamStore
-from jointnet.rewrites import add_head, add_task, add_task_embedding, annotate, bind, freeze
-from jointnet.shapes import task_shapes
-from jointnet.train import param_groups
-from jointnet.trainer import Hooks
+from jointnet.graph.layers import ParamInfo
+from jointnet.graph.net import JointNet, TensorRef
+from jointnet.execution.store import ParamStore
+from jointnet.graph import add_head, add_task, add_task_embedding, annotate, bind, freeze
+from jointnet.graph.shapes import task_shapes
+from jointnet.execution.optim import param_groups
+from jointnet.experiments.trainer import Hooks
 from strategies.base import RunState, Strategy, add_column, default_backbone, register
 
 __all__ = [

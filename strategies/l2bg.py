@@ -114,13 +114,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from jointnet import backbones
-from jointnet.compile import _bn_groups, _emit, _pad_ones, compile_net
+from jointnet.execution.compile import _bn_groups, _emit, _pad_ones, compile_net
 from jointnet.errors import JointNetError
-from jointnet.frozen import thaw
-from jointnet.net import JointNet
-from jointnet.params import ParamStore
-from jointnet.rewrites import add_head, add_task, annotate, bind, clone_node, freeze, set_lr_scale
-from jointnet.trainer import TrainResult, accuracy, train_task
+from jointnet.graph.frozen import thaw
+from jointnet.graph.net import JointNet
+from jointnet.execution.store import ParamStore
+from jointnet.graph import add_head, add_task, annotate, bind, clone_node, freeze, set_lr_scale
+from jointnet.experiments.trainer import TrainResult, accuracy, train_task
 from strategies.base import RunState, Strategy, default_backbone, register
 
 __all__ = [
@@ -380,7 +380,7 @@ def task_slots(net: JointNet, task: str, *, bn_slots: bool = True, head_slot: bo
 def route_outputs(net: JointNet, store: ParamStore, task: str, x: torch.Tensor, want: Sequence[str]) -> dict[str, torch.Tensor]:
     """Eval-mode outputs of the nodes `want` on `task`'s route for inputs `x`.
 
-    Each node is evaluated with the compiler's own per-node code (`jointnet.compile`), so the
+    Each node is evaluated with the compiler's own per-node code (`jointnet.execution.compile`), so the
     activations are exactly those of the compiled forward.
     """
     want = set(want)

@@ -9,7 +9,7 @@ graph and the same accuracies.
 `search` looks for Pareto-optimal sequences of the black-box ``F(pi) = (Delta_pi,
 |params(G_pi)|)``: maximise the multi-task gain (`strategies.l2bg.net_gain`: percent, positive
 = lower validation errors than the independent nets), minimise the number of distinct
-parameters of the final JointNet (`jointnet.views.param_counts` ``total``: every tensor once,
+parameters of the final JointNet (`jointnet.persistence.views.param_counts` ``total``: every tensor once,
 heads included, BatchNorm statistics not). A trial samples, per task after the first, a bind
 target among the earlier tasks and a ``delta`` (spec §2.7 search variables; the task order stays
 fixed, as in the paper's runs), runs the stream with that sequence (short training) and returns
@@ -54,12 +54,12 @@ from typing import Any
 import attrs
 import torch
 
-from jointnet.compile import compile_net
-from jointnet.metrics import summarize
-from jointnet.net import JointNet
-from jointnet.params import ParamStore
-from jointnet.trainer import TrainConfig, accuracy
-from jointnet.views import param_counts
+from jointnet.execution.compile import compile_net
+from jointnet.experiments.metrics import summarize
+from jointnet.graph.net import JointNet
+from jointnet.execution.store import ParamStore
+from jointnet.experiments.trainer import TrainConfig, accuracy
+from jointnet.persistence.views import param_counts
 from strategies.base import RunState, Strategy, get
 from strategies.l2bg import grow_sequence, net_gain
 
@@ -92,10 +92,10 @@ def run_stream(
     strategy: str | Strategy, stream, config: TrainConfig = TrainConfig(), *, seed: int = 0,
     options: dict | None = None, echo: Callable[[str], Any] | None = None,
 ) -> StreamResult:
-    """Run `strategy` over `stream` in memory, step for step as `jointnet.runner.run` does (same
+    """Run `strategy` over `stream` in memory, step for step as `jointnet.experiments.runner.run` does (same
     seeds, same order of calls), so the accuracies equal a ``jointnet run`` of the same spec.
 
-    >>> from jointnet.streams import get_stream
+    >>> from jointnet.experiments.streams import get_stream
     >>> s = get_stream("synthetic", n_tasks=2, input_shape=(6,), n_train_per_class=8, n_val_per_class=4)
     >>> r = run_stream("l2bg", s, TrainConfig(epochs=1), options={"backbone": [{"kind": "input", "shape": [6]},
     ...     {"kind": "linear", "out_f": 4}, {"kind": "relu"}], "delta": 1.0})
@@ -240,7 +240,7 @@ def _cache_dir(spec: SearchSpec) -> str:
 def work(spec: SearchSpec, n_trials: int, worker: int = 0, echo: Callable[[str], Any] | None = None):
     """Run `n_trials` trials of the spec's study in this process (one search worker)."""
     import optuna
-    from jointnet.streams import get_stream
+    from jointnet.experiments.streams import get_stream
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stream = get_stream(spec.stream, seed=spec.seed, **spec.stream_options)

@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from attrs import validators as v
 
-from jointnet.compile import compile_net
-from jointnet.net import JointNet
-from jointnet.params import ParamStore
-from jointnet.rewrites import freeze
-from jointnet.train import task_tensors
-from jointnet.trainer import Hooks, TrainResult, train_task
+from jointnet.execution.compile import compile_net
+from jointnet.graph.net import JointNet
+from jointnet.execution.store import ParamStore
+from jointnet.graph import freeze
+from jointnet.execution.optim import task_tensors
+from jointnet.experiments.trainer import Hooks, TrainResult, train_task
 from strategies.base import RunState, Strategy, register
 from strategies.simple import _trunk_task
 

@@ -59,10 +59,10 @@ import attrs
 import torch
 
 from jointnet.errors import JointNetError
-from jointnet.net import JointNet, TensorRef
-from jointnet.params import ParamStore
-from jointnet.rewrites import add_head, add_task, annotate, attach_mask, bind, commit_mask, freeze, per_task_bn
-from jointnet.trainer import Hooks, TrainResult, train_task
+from jointnet.graph.net import JointNet, TensorRef
+from jointnet.execution.store import ParamStore
+from jointnet.graph import add_head, add_task, annotate, attach_mask, bind, commit_mask, freeze, per_task_bn
+from jointnet.experiments.trainer import Hooks, TrainResult, train_task
 from strategies.base import RunState, Strategy, add_column, default_backbone, register
 
 __all__ = ["PackNet", "PackNetHooks", "OWNER", "trunk_nodes", "owner_tensor", "prune_free", "task_id"]

@@ -58,12 +58,12 @@ import attrs
 
 from jointnet import backbones
 from jointnet.errors import JointNetError, RewriteError
-from jointnet.layers import Linear
-from jointnet.net import JointNet
-from jointnet.rewrites import (
+from jointnet.graph.layers import Linear
+from jointnet.graph.net import JointNet
+from jointnet.graph import (
     add_head, add_input, add_node, add_task, annotate, freeze, per_task_bn, route_through,
 )
-from jointnet.shapes import task_shapes
+from jointnet.graph.shapes import task_shapes
 from strategies.base import RunState, Strategy, default_backbone, register
 
 __all__ = ["PNN", "column_items", "add_progressive_column", "OUTPUTS"]
@@ -75,7 +75,7 @@ _WEIGHTED = ("Conv2d", "Linear")
 def column_items(layers: list) -> tuple[tuple[int, ...] | None, list[tuple[str, str, Any, list[str]]]]:
     """The backbone as (input shape or None, [(name, kind, spec or fields, input names)]).
 
-    Names follow `jointnet.backbones.build` (``fc1``, ``relu1``, ...; an item's ``name`` wins);
+    Names follow `jointnet.graph.backbones.build` (``fc1``, ``relu1``, ...; an item's ``name`` wins);
     the net's input is called ``"input"``.
 
     >>> shape, items = column_items(backbones.mlp(4, [8]))

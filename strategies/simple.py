@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from jointnet.rewrites import add_head, add_task, bind, freeze
+from jointnet.graph import add_head, add_task, bind, freeze
 from strategies.base import RunState, Strategy, add_column, default_backbone, register
 
 __all__ = ["FineTune", "Independent", "FrozenTrunk"]

@@ -13,7 +13,7 @@ import torch
 from hypothesis import strategies as st
 
 from jointnet import backbones as bb
-from jointnet.net import TensorRef
+from jointnet.graph.net import TensorRef
 
 __all__ = [
     "Backbone",

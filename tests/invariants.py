@@ -7,12 +7,12 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from jointnet.check import check
-from jointnet.compile import compile_net
+from jointnet.graph.check import check
+from jointnet.execution.compile import compile_net
 from jointnet.errors import CompileError, RewriteError
-from jointnet.net import JointNet
-from jointnet.params import ParamStore
-from jointnet.rewrite import replay
+from jointnet.graph.net import JointNet
+from jointnet.execution.store import ParamStore
+from jointnet.graph.draft import replay
 
 __all__ = [
     "HAVE_SNAPSHOT",
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 # Import guarded only by presence: when the module exists, the round trip is always checked.
-HAVE_SNAPSHOT = importlib.util.find_spec("jointnet.snapshot") is not None
+HAVE_SNAPSHOT = importlib.util.find_spec("jointnet.persistence.snapshot") is not None
 
 
 def closed_tasks(net: JointNet) -> list[str]:

@@ -16,8 +16,8 @@ import torch
 
 from jointnet import backbones, snapshot
 from jointnet.cli import main
-from jointnet.params import ParamStore
-from jointnet.rewrites import add_head, add_task, bind, clone_node, freeze, widen
+from jointnet.execution.store import ParamStore
+from jointnet.graph import add_head, add_task, bind, clone_node, freeze, widen
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,7 +172,7 @@ def test_render_dot(capsys, snaps, tmp_path):
 
 
 def test_render_svg_without_dot_fails_cleanly(capsys, snaps, tmp_path, monkeypatch):
-    import jointnet.render as r
+    import jointnet.persistence.render as r
 
     monkeypatch.setattr(r.shutil, "which", lambda name: None)
     rc, out, err = run(capsys, "render", snaps.a, "-o", str(tmp_path / "net.svg"))
@@ -238,7 +238,7 @@ def test_usage_errors(capsys):
 
 def test_demo_hook_calls_jointnet_demo_main(capsys, monkeypatch):
     seen = {}
-    fake = types.ModuleType("jointnet.demo")
+    fake = types.ModuleType("jointnet.cli.demo")
 
     def fake_main(args):
         seen["out"], seen["epochs"] = args.out, args.epochs
@@ -246,14 +246,14 @@ def test_demo_hook_calls_jointnet_demo_main(capsys, monkeypatch):
         return 0
 
     fake.main = fake_main
-    monkeypatch.setitem(sys.modules, "jointnet.demo", fake)
+    monkeypatch.setitem(sys.modules, "jointnet.cli.demo", fake)
     rc, out, _ = run(capsys, "demo", "--out", "somewhere", "--epochs", "1")
     assert rc == 0 and out == "demo ran\n"
     assert seen == {"out": "somewhere", "epochs": 1}
 
 
 def test_demo_hook_without_demo_module(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "jointnet.demo", None)  # import fails
+    monkeypatch.setitem(sys.modules, "jointnet.cli.demo", None)  # import fails
     _one_line_error(*run(capsys, "demo"), "demo")
 
 

@@ -7,7 +7,7 @@ import torch
 
 import jointnet as jn
 from jointnet import backbones
-from jointnet.compile import compile_net
+from jointnet.execution.compile import compile_net
 
 
 def _net():

@@ -1,4 +1,4 @@
-"""jointnet.data: the IDX reader, the data set lookup, Fashion-MNIST / MNIST / CIFAR-100 loaders.
+"""jointnet.experiments.data: the IDX reader, the data set lookup, Fashion-MNIST / MNIST / CIFAR-100 loaders.
 
 The Fashion-MNIST tests need the Debian package dataset-fashion-mnist (CI installs it); they fail,
 never skip, when it is missing. Everything else runs on small files the tests write.
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from jointnet import data
-from jointnet.data import DataError, read_idx, write_idx
+from jointnet.experiments import data
+from jointnet.experiments.data import DataError, read_idx, write_idx
 from jointnet.errors import JointNetError
 
 # --------------------------------------------------------------------------------------------

@@ -10,14 +10,14 @@ import pytest
 
 import gen
 from invariants import assert_rewrite_fails
-from jointnet import rewrites as rw
-from jointnet.check import check
-from jointnet.compile import compile_net
+from jointnet import graph as rw
+from jointnet.graph.check import check
+from jointnet.execution.compile import compile_net
 from jointnet.errors import CompileError, InvariantError, JointNetError, RewriteError
-from jointnet.frozen import FrozenDict
-from jointnet.net import JointNet
-from jointnet.params import ParamStore
-from jointnet.rewrite import apply
+from jointnet.graph.frozen import FrozenDict
+from jointnet.graph.net import JointNet
+from jointnet.execution.store import ParamStore
+from jointnet.graph.draft import apply
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ CASES = [
     "name, kwargs, says", CASES, ids=[f"{i:02d}-{c[0]}" for i, c in enumerate(CASES)]
 )
 def test_invalid_rewrite_raises_rewrite_error(net, name, kwargs, says):
-    from jointnet.rewrite import REWRITES
+    from jointnet.graph.draft import REWRITES
 
     e = assert_rewrite_fails(net, REWRITES[name], **kwargs)
     assert isinstance(e, JointNetError)
@@ -265,7 +265,7 @@ def test_check_names_the_culprit(net, edit, pattern):
 
 
 def test_check_rejects_policy_for_unknown_names(net):
-    from jointnet.net import NodePolicy
+    from jointnet.graph.net import NodePolicy
 
     bad = attrs.evolve(net, policy=FrozenDict({("ghost", "conv1"): NodePolicy(frozen=True)}))
     with pytest.raises(InvariantError, match=r"policy names unknown task 'ghost'"):

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from jointnet import backbones, snapshot
-from jointnet.compile import compile_net
-from jointnet.net import JointNet, TensorRef
-from jointnet.params import ParamStore
-from jointnet.rewrites import annotate
-from jointnet.runner import RunSpec, resume, run
-from jointnet.streams import get_stream
-from jointnet.trainer import TrainConfig
+from jointnet.execution.compile import compile_net
+from jointnet.graph.net import JointNet, TensorRef
+from jointnet.execution.store import ParamStore
+from jointnet.graph import annotate
+from jointnet.experiments.runner import RunSpec, resume, run
+from jointnet.experiments.streams import get_stream
+from jointnet.experiments.trainer import TrainConfig
 from strategies.base import RunState, get
 from strategies.ewc import (
     ANCHOR, FISHER, EWC, EWCHooks, consolidate, diag_fisher, ewc_penalty, penalty_terms, trunk_params,

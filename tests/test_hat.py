@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from jointnet import backbones, snapshot
-from jointnet.compile import compile_net
+from jointnet.execution.compile import compile_net
 from jointnet.errors import JointNetError, RewriteError, SpecError
-from jointnet.layers import Gate, spec_from_dict, spec_to_dict
-from jointnet.net import TensorRef
-from jointnet.params import ParamStore
-from jointnet.rewrites import add_head, add_task, add_task_embedding, annotate, bind
-from jointnet.runner import RunSpec, resume, run
-from jointnet.trainer import TrainConfig
+from jointnet.graph.layers import Gate, spec_from_dict, spec_to_dict
+from jointnet.graph.net import TensorRef
+from jointnet.execution.store import ParamStore
+from jointnet.graph import add_head, add_task, add_task_embedding, annotate, bind
+from jointnet.experiments.runner import RunSpec, resume, run
+from jointnet.experiments.trainer import TrainConfig
 from strategies.base import RunState, get
 from strategies.hat import (
     CUM_MASK,

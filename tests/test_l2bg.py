@@ -12,17 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jointnet import backbones, snapshot
-from jointnet.check import check
+from jointnet.graph.check import check
 from jointnet.cli import main as cli_main
-from jointnet.compile import compile_net
+from jointnet.execution.compile import compile_net
 from jointnet.errors import JointNetError
-from jointnet.net import JointNet
-from jointnet.params import ParamStore
-from jointnet.runner import RunSpec, run
-from jointnet.streams import get_stream
-from jointnet.train import param_groups
-from jointnet.trainer import TrainConfig
-from jointnet.views import param_counts
+from jointnet.graph.net import JointNet
+from jointnet.execution.store import ParamStore
+from jointnet.experiments.runner import RunSpec, run
+from jointnet.experiments.streams import get_stream
+from jointnet.execution.optim import param_groups
+from jointnet.experiments.trainer import TrainConfig
+from jointnet.persistence.views import param_counts
 from strategies.base import RunState, get
 from strategies.l2bg import (
     GROW_LOG, PROV, VAL_ACC, bind_grow_step, grow_sequence, multitask_gain, net_gain, normalise, nucleus,

@@ -17,14 +17,14 @@ import torch
 import gen
 import invariants as inv
 from jointnet import backbones as bb
-from jointnet import rewrites as rw
-from jointnet.check import check
-from jointnet.compile import compile_net
-from jointnet.frozen import FrozenDict
-from jointnet.net import TensorRef
-from jointnet.params import ParamStore
-from jointnet.shapes import task_shapes
-from jointnet.train import fit, param_groups, task_tensors
+from jointnet import graph as rw
+from jointnet.graph.check import check
+from jointnet.execution.compile import compile_net
+from jointnet.graph.frozen import FrozenDict
+from jointnet.graph.net import TensorRef
+from jointnet.execution.store import ParamStore
+from jointnet.graph.shapes import task_shapes
+from jointnet.execution.optim import fit, param_groups, task_tensors
 
 
 def _batches(shape, classes, n=3, seed=5):
@@ -336,8 +336,8 @@ def test_par_expert_with_two_input_cells_shared_by_a_later_task():
 
 
 def test_spg_importance_annotations_survive_a_snapshot(tmp_path):
-    if not inv.HAVE_SNAPSHOT:  # pragma: no cover - jointnet.snapshot is part of the package
-        pytest.skip("jointnet.snapshot is not there yet")
+    if not inv.HAVE_SNAPSHOT:  # pragma: no cover - jointnet.persistence.snapshot is part of the package
+        pytest.skip("jointnet.persistence.snapshot is not there yet")
     from jointnet import snapshot
 
     shape = gen.IMAGE

@@ -3,7 +3,7 @@
 import pytest
 
 from jointnet.errors import JointNetError
-from jointnet.metrics import average_accuracy, average_forgetting, bwt, fwt, summarize
+from jointnet.experiments.metrics import average_accuracy, average_forgetting, bwt, fwt, summarize
 
 # 3 tasks; R[i][j] = accuracy on task j after training task i.
 R = [

@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from jointnet import backbones, snapshot
-from jointnet.check import check
-from jointnet.compile import compile_net
-from jointnet.errors import InvariantError, JointNetError, RewriteError
-from jointnet.net import JointNet, TensorRef
-from jointnet.params import ParamStore
-from jointnet.rewrite import replay
-from jointnet.rewrites import add_head, add_node, add_task, bind, clone_node, route_through
-from jointnet.runner import RunSpec, resume, run
-from jointnet.streams import get_stream
-from jointnet.trainer import TrainConfig
+from jointnet.graph.check import check
+from jointnet.execution.compile import compile_net
+from jointnet.errors import JointNetError, RewriteError
+from jointnet.graph.net import JointNet, TensorRef
+from jointnet.execution.store import ParamStore
+from jointnet.graph.draft import replay
+from jointnet.graph import add_head, add_node, add_task, bind, clone_node, route_through
+from jointnet.experiments.runner import RunSpec, resume, run
+from jointnet.experiments.streams import get_stream
+from jointnet.experiments.trainer import TrainConfig
 from strategies.base import RunState, get
 from strategies.packnet import OWNER, PackNet, PackNetHooks, owner_tensor, prune_free, task_id, trunk_nodes
 from strategies.pnn import OUTPUTS, PNN, add_progressive_column, column_items

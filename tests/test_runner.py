@@ -8,14 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from jointnet import snapshot
 from jointnet.cli import main
 from jointnet.errors import JointNetError
-from jointnet.runner import RunSpec, resume, run
+from jointnet.experiments.runner import RunSpec, resume, run
 
 STREAM_OPTS = {"n_tasks": 3, "n_train_per_class": 60, "n_test_per_class": 20, "noise": 0.6}
 

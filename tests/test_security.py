@@ -20,27 +20,26 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import jointnet.names
+import jointnet.graph.names
 from jointnet import backbones, snapshot
 from jointnet.cli import main
-from jointnet.compile import compile_net
-from jointnet.errors import CompileError, JointNetError, RewriteError, SnapshotError, SpecError
-from jointnet.frozen import FrozenDict
-from jointnet.layers import Linear
-from jointnet.net import JointNet, Node
-from jointnet.params import ParamStore
-from jointnet.rewrites import add_head, add_input, add_node, add_task, bind, clone_node, set_lr_scale, widen
-from jointnet.runner import RunSpec, resume, run
+from jointnet.execution.compile import compile_net
+from jointnet.errors import CompileError, RewriteError, SnapshotError, SpecError
+from jointnet.graph.layers import Linear
+from jointnet.graph.net import JointNet, Node
+from jointnet.execution.store import ParamStore
+from jointnet.graph import add_head, add_input, add_node, add_task, bind, clone_node, set_lr_scale, widen
+from jointnet.experiments.runner import RunSpec, resume, run
 
 # Text that would set a flag if it ever ran as Python: after a newline it is a statement, inside a
 # string literal it closes the quote first.
 PAYLOADS = [
-    "x\n    __import__('jointnet.names').PWNED = True\n",
-    "x')\n__import__('jointnet.names').PWNED = True\n#",
-    'x")\n__import__("jointnet.names").PWNED = True\n#',
-    "x; __import__('jointnet.names').PWNED = True",
-    "x # \u2028__import__('jointnet.names').PWNED = True",
-    "fc1\r__import__('jointnet.names').PWNED = True",
+    "x\n    __import__('jointnet.graph.names').PWNED = True\n",
+    "x')\n__import__('jointnet.graph.names').PWNED = True\n#",
+    'x")\n__import__("jointnet.graph.names").PWNED = True\n#',
+    "x; __import__('jointnet.graph.names').PWNED = True",
+    "x # \u2028__import__('jointnet.graph.names').PWNED = True",
+    "fc1\r__import__('jointnet.graph.names').PWNED = True",
 ]
 valid_names = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.:+@/-]{0,10}", fullmatch=True)
 hostile_text = st.sampled_from(PAYLOADS) | st.text(max_size=40) | st.text(
@@ -48,7 +47,7 @@ hostile_text = st.sampled_from(PAYLOADS) | st.text(max_size=40) | st.text(
 
 
 def _not_pwned() -> None:
-    assert not hasattr(jointnet.names, "PWNED"), "text from a name ran as code"
+    assert not hasattr(jointnet.graph.names, "PWNED"), "text from a name ran as code"
 
 
 def _mlp():
@@ -73,13 +72,13 @@ def test_names_from_arbitrary_text_are_rejected_or_run_harmlessly(node, task, cl
     except RewriteError as e:
         assert "must be a name" in str(e) or "already exists" in str(e), str(e)
         for bad in (node, task, clone):
-            if not jointnet.names.is_name(bad):
+            if not jointnet.graph.names.is_name(bad):
                 break
         else:
             assert "already exists" in str(e)
         return
     for name in (node, task, clone):
-        assert jointnet.names.is_name(name)
+        assert jointnet.graph.names.is_name(name)
     event("built and compiled")
     store = ParamStore(seed=0).realize(net)
     for tasks in (task, None):

@@ -18,14 +18,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 from jointnet import backbones, snapshot
-from jointnet.compile import compile_net
+from jointnet.execution.compile import compile_net
 from jointnet.errors import SnapshotError
-from jointnet.frozen import FrozenDict
-from jointnet.layers import BatchNorm, Conv2d, Input, Linear
-from jointnet.net import Init, JointNet, Record, TensorRef
-from jointnet.params import ParamStore
-from jointnet.rewrite import replay
-from jointnet.rewrites import (
+from jointnet.graph.frozen import FrozenDict
+from jointnet.graph.layers import BatchNorm, Conv2d, Input, Linear
+from jointnet.graph.net import Init, JointNet, Record, TensorRef
+from jointnet.execution.store import ParamStore
+from jointnet.graph.draft import replay
+from jointnet.graph import (
     add_head,
     add_task,
     annotate,

@@ -6,7 +6,7 @@ model), then the invariants below run after every step:
 - `check(net)` holds, and the reference model agrees with `net.route` / `net.users` / nodes;
 - every earlier version is unchanged (structure and version as recorded when it was made);
 - `replay(net.log) == net`; the snapshot round trip gives an equal net and bit-identical outputs
-  (when `jointnet.snapshot` exists);
+  (when `jointnet.persistence.snapshot` exists);
 - the multi-task compile gives bit-identical outputs to the single-task compiles, and open tasks
   do not compile.
 
@@ -30,15 +30,15 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 import gen
 import invariants as inv
-from jointnet import rewrites as rw
-from jointnet.check import check
+from jointnet import graph as rw
+from jointnet.graph.check import check
 from jointnet.errors import JointNetError, RewriteError
-from jointnet.frozen import freeze as freeze_value
-from jointnet.net import NodePolicy
-from jointnet.params import ParamStore
-from jointnet.rewrite import replay
-from jointnet.shapes import route_sink, task_shapes
-from jointnet.train import fit, param_groups
+from jointnet.graph.frozen import freeze as freeze_value
+from jointnet.graph.net import NodePolicy
+from jointnet.execution.store import ParamStore
+from jointnet.graph.draft import replay
+from jointnet.graph.shapes import route_sink, task_shapes
+from jointnet.execution.optim import fit, param_groups
 
 MAX_TASKS = 5
 # Kinds a widening passes through on its way to the next Conv2d / Linear / Head.

@@ -1,4 +1,4 @@
-"""jointnet.streams: determinism by seed, label remapping, and how each stream's tasks relate.
+"""jointnet.experiments.streams: determinism by seed, label remapping, and how each stream's tasks relate.
 
 The Fashion-MNIST streams need the Debian package dataset-fashion-mnist (CI installs it); they
 fail, never skip, when it is missing. Streams are built small through their size options.
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from jointnet import data
-from jointnet.streams import (
+from jointnet.experiments import data
+from jointnet.experiments.streams import (
     STREAMS,
     Stream,
     StreamError,

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from jointnet import backbones
-from jointnet.diff import NetDiff, diff
+from jointnet.persistence.diff import NetDiff, diff
 from jointnet.errors import JointNetError
-from jointnet.params import ParamStore
-from jointnet.render import PALETTE, SHARED_FILL, render, to_dot
-from jointnet.rewrites import (
+from jointnet.execution.store import ParamStore
+from jointnet.persistence.render import PALETTE, SHARED_FILL, render, to_dot
+from jointnet.graph import (
     add_head,
     add_task,
     annotate,
@@ -30,7 +30,7 @@ from jointnet.rewrites import (
     set_lr_scale,
     widen,
 )
-from jointnet.views import history, param_counts, sharing, summary
+from jointnet.persistence.views import history, param_counts, sharing, summary
 
 # mlp(4, [8]) with a 2-class head for t1:
 FC1 = 8 * 4 + 8  # fc1: Linear(4->8) weight + bias = 40
@@ -377,7 +377,7 @@ def test_render_dot_file(tmp_path):
 
 
 def test_render_svg_needs_dot(tmp_path, monkeypatch):
-    import jointnet.render as r
+    import jointnet.persistence.render as r
 
     monkeypatch.setattr(r.shutil, "which", lambda name: None)
     with pytest.raises(JointNetError, match="'dot'"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jointnet.errors import InvariantError, SpecError
-from jointnet.net import JointNet
+from jointnet.graph.net import JointNet
 
 __all__ = ["task_shapes", "route_sink"]
 

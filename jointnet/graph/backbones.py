@@ -26,9 +26,9 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 from jointnet.errors import SpecError
-from jointnet.layers import Layer
-from jointnet.net import JointNet
-from jointnet.rewrites import add_head, add_input, add_node, add_task
+from jointnet.graph.layers import Layer
+from jointnet.graph.net import JointNet
+from jointnet.graph.structure import add_head, add_input, add_node, add_task
 
 __all__ = ["build", "mlp", "small_conv", "lenet5", "vgg", "resnet_tiny", "BACKBONES"]
 

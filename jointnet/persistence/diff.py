@@ -4,7 +4,7 @@ The result is a `NetDiff`, an immutable value: ``bool(d)`` says whether anything
 ``str(d)`` is a readable report and ``d.to_dict()`` plain JSON-ready data.
 
 >>> from jointnet import backbones
->>> from jointnet.rewrites import add_task, bind, add_head, clone_node
+>>> from jointnet.graph import add_task, bind, add_head, clone_node
 >>> a = backbones.build(backbones.mlp(4, [8]), task="t1", n_classes=2)
 >>> a = add_head(bind(add_task(a, task="t2"), task="t2", to="t1"), task="t2", n_classes=2)
 >>> b = clone_node(a, node="fc1", task="t2")
@@ -23,9 +23,9 @@ from typing import Any
 import attrs
 import torch
 
-from jointnet.frozen import FrozenDict, freeze
-from jointnet.net import DEFAULT_POLICY, JointNet, NodePolicy
-from jointnet.views import call_text, param_counts, plain
+from jointnet.graph.frozen import FrozenDict, freeze
+from jointnet.graph.net import JointNet, NodePolicy
+from jointnet.persistence.views import call_text, param_counts, plain
 
 __all__ = ["diff", "NetDiff", "NodeChange", "TensorMove"]
 

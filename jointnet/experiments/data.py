@@ -16,7 +16,7 @@ each file may be gzipped, ``name.gz``, or raw, ``name``):
    puts it.
 
 Decoded arrays are cached in-process by resolved folder (`clear_cache` empties the cache), so the
-streams of `jointnet.streams` decode each file once. The returned tensors are shared by every
+streams of `jointnet.experiments.streams` decode each file once. The returned tensors are shared by every
 caller: treat them as read-only (index or ``.clone()`` before changing them).
 
 >>> import tempfile, torch

@@ -6,7 +6,7 @@ also keeps its running statistics, see `compile_net`), every other node its tens
 ``lr * lr_scale``. Only tensors the task's forward pass uses are included.
 
 >>> from jointnet import backbones, set_lr_scale
->>> from jointnet.params import ParamStore
+>>> from jointnet.execution.store import ParamStore
 >>> net = backbones.build(backbones.mlp(4, [8]), task="t1", n_classes=2)
 >>> net = set_lr_scale(net, nodes="fc1", scale=0.1, task="t1")
 >>> groups = param_groups(net, ParamStore().realize(net), "t1", lr=0.1)
@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jointnet.compile import compile_net
+from jointnet.execution.compile import compile_net
 from jointnet.errors import JointNetError
-from jointnet.net import JointNet
-from jointnet.params import ParamStore
+from jointnet.graph.net import JointNet
+from jointnet.execution.store import ParamStore
 
 __all__ = ["param_groups", "task_tensors", "fit", "evaluate"]
 

@@ -1,4 +1,5 @@
-"""The rewrite registry: `@rewrite` turns an edit of a `Draft` into a pure, logged `JointNet` function.
+"""Drafts and the rewrite registry: `@rewrite` turns an edit of a `Draft` into a pure, logged
+`JointNet` function; `replay` applies a log.
 
 A rewrite is called as ``f(net, **kwargs)`` and returns a new net whose version is one higher and
 whose log ends with ``Record(name, kwargs)``; the input net is never touched. A rewrite that
@@ -16,10 +17,11 @@ from typing import Any
 
 import networkx as nx
 
-from jointnet.errors import RewriteError, SpecError
-from jointnet.names import CHARSET, MAX_NAME, is_name
-from jointnet.frozen import FrozenDict, freeze, thaw
-from jointnet.net import JointNet, Node, Record
+from jointnet.errors import InvariantError, RewriteError, SpecError
+from jointnet.graph.frozen import FrozenDict, freeze, thaw
+from jointnet.graph.layers import Layer, infer_spec
+from jointnet.graph.names import CHARSET, MAX_NAME, check_name, is_name
+from jointnet.graph.net import Init, JointNet, Node, Param, Record, TaskInfo
 
 __all__ = ["Draft", "rewrite", "REWRITES", "replay", "apply"]
 
@@ -141,7 +143,7 @@ class Draft:
 
     def fresh_key(self, node_id: str, name: str) -> str:
         """A parameter key that no other version of this lineage gives another meaning."""
-        from jointnet.net import _lineage
+        from jointnet.graph.net import _lineage
 
         # Frozen kwargs, as in the log record: a replay passes thawed lists where the caller may
         # have passed tuples, and both must give the same keys.
@@ -158,6 +160,67 @@ class Draft:
             i += 1
         self._keys.add(out)
         return out
+
+    # ---- checks shared by the primitives -----------------------------------------------------
+
+    def check_task(self, task: str) -> dict[str, tuple[int, ...]]:
+        """Shape-check `task`'s route on the draft, its masks included (a reroute can hide channels
+        a mask covers); a mismatch becomes a RewriteError. Returns the route's shapes."""
+        from jointnet.graph.shapes import task_shapes
+
+        view = self.view()
+        try:
+            shapes = task_shapes(view, task)
+        except InvariantError as e:
+            raise self.error(str(e)) from None
+        for n in view.route(task):
+            for m in view.node(n).masks:
+                if m.task == task:
+                    full = view.effective_spec(task, n).params()[m.param].shape
+                    if any(a > b for a, b in zip(m.shape, full)):
+                        raise self.error(f"task {task!r}'s mask on {n!r}.{m.param} covers {m.shape}, more "
+                                         f"than the {full} it would see; release the mask first")
+        return shapes
+
+    def require_open(self, task: str) -> TaskInfo:
+        info = self.task(task)
+        if info.head is not None:
+            raise self.error(f"task {task!r} already has its head {info.head!r}; its route is closed")
+        return info
+
+    def new_node_id(self, node: str) -> str:
+        try:
+            check_name(node, "a node id")
+        except SpecError as e:
+            raise self.error(str(e)) from None
+        if node in self.g:
+            raise self.error(f"node {node!r} already exists")
+        return node
+
+    def node_list(self, nodes: Any, what: str = "nodes") -> list[str]:
+        """`nodes` (one id or a non-empty list of ids of existing nodes) as a list."""
+        if isinstance(nodes, str):
+            return [nodes]
+        if not isinstance(nodes, (list, tuple)) or not nodes:
+            raise self.error(f"{what} must be a node id or a non-empty list of them (got {nodes!r})")
+        for n in nodes:
+            self.node(n)
+        return list(nodes)
+
+    def layer(self, spec: Any, in_shapes: list[tuple[int, ...]]) -> Layer:
+        """A full layer spec from `spec` (a spec, or a dict whose input width is inferred)."""
+        try:
+            return infer_spec(spec, in_shapes)
+        except SpecError as e:
+            raise self.error(str(e)) from None
+
+    def fresh_params(self, node_id: str, spec: Layer) -> tuple[Param, ...]:
+        """Freshly initialised parameters for every tensor `spec` calls for."""
+        return tuple(
+            Param(name, self.fresh_key(node_id, name), info.shape, Init.fresh(info.init, info.fan_in),
+                  buffer=info.buffer)
+            for name, info in spec.params().items()
+        )
 
     def finish(self) -> JointNet:
         record = Record(self.name, FrozenDict(freeze(self.kwargs)))
@@ -225,7 +288,7 @@ def rewrite(fn: Callable[..., Any]) -> Callable[..., JointNet]:
             raise draft.error(str(e)) from None
         out = draft.finish()
         if os.environ.get("JOINTNET_CHECK"):
-            from jointnet.check import check
+            from jointnet.graph.check import check
 
             check(out)
         return out
@@ -257,7 +320,7 @@ def replay(records: Iterable[Record], net: JointNet | None = None) -> JointNet:
     >>> replay(net.log) == net
     True
     """
-    import jointnet.rewrites  # noqa: F401  (registers the primitives)
+    import jointnet.graph  # noqa: F401  (registers the primitives)
 
     out = JointNet.empty() if net is None else net
     for rec in records:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import networkx as nx
 
 from jointnet.errors import InvariantError
-from jointnet.net import JointNet, Node, require
-from jointnet.shapes import route_sink, task_shapes
+from jointnet.graph.net import JointNet, Node, require
+from jointnet.graph.shapes import route_sink, task_shapes
 
 __all__ = ["check"]
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from jointnet.errors import JointNetError
-from jointnet.net import Init, JointNet
+from jointnet.graph.net import Init, JointNet
 
 __all__ = ["ParamStore", "make_tensor", "referenced_keys"]
 
@@ -158,7 +158,7 @@ class ParamStore:
 
 def referenced_keys(nets: JointNet | Iterable[JointNet]) -> set[str]:
     """Keys referenced by `nets`: parameters, masks and `TensorRef` annotations."""
-    from jointnet.net import TensorRef
+    from jointnet.graph.net import TensorRef
 
     nets = [nets] if isinstance(nets, JointNet) else list(nets)
     keys: set[str] = set()

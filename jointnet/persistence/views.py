@@ -20,7 +20,7 @@ from typing import Any
 import networkx as nx
 
 from jointnet.errors import JointNetError
-from jointnet.net import JointNet, Node, Param, TensorRef
+from jointnet.graph.net import JointNet, Node, Param, TensorRef
 
 __all__ = [
     "param_counts", "param_owner", "summary", "history", "sharing", "plain", "call_text", "SHARED",
@@ -34,7 +34,7 @@ def plain(value: Any) -> Any:
     """`value` as JSON-ready data: mappings -> dicts (keys as str), tuples/sets -> lists,
     `TensorRef` -> ``{"tensor": key}``, attrs and other objects -> their repr.
 
-    >>> from jointnet.frozen import FrozenDict
+    >>> from jointnet.graph.frozen import FrozenDict
     >>> plain(FrozenDict(a=(1, 2), b=TensorRef("k")))
     {'a': [1, 2], 'b': {'tensor': 'k'}}
     """
@@ -271,7 +271,7 @@ def sharing(net: JointNet) -> dict[tuple[str, str], list[str]]:
     topological order. Pairs that share nothing map to ``[]``.
 
     >>> from jointnet import backbones
-    >>> from jointnet.rewrites import add_task, bind, add_head
+    >>> from jointnet.graph import add_task, bind, add_head
     >>> net = backbones.build(backbones.mlp(4, [8]), task="t1", n_classes=2)
     >>> net = add_head(bind(add_task(net, task="t2"), task="t2", to="t1"), task="t2", n_classes=2)
     >>> sharing(net)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import attrs
 
 from jointnet.errors import SpecError
-from jointnet.names import MAX_DIM, check_float, check_int, check_shape
+from jointnet.graph.names import MAX_DIM, check_float, check_int, check_shape
 
 __all__ = [
     "Layer",
@@ -76,7 +76,7 @@ class ParamInfo:
 
     `out_axis` / `in_axis` say which tensor axis follows the layer's output / input channels (None
     if none does); widening adds blocks along them. `buffer` marks non-trainable state (BatchNorm
-    running statistics). `init` names the fresh-initialisation scheme (see `jointnet.params`).
+    running statistics). `init` names the fresh-initialisation scheme (see `jointnet.execution.store`).
     """
 
     shape: tuple[int, ...]
@@ -452,7 +452,7 @@ class Gate(Layer):
     """A per-task, per-unit sigmoid gate: ``x * sigmoid(s * e_t)``, broadcast over spatial axes.
 
     `e_t` is the node's ``embedding`` parameter as task t sees it (normally a per-task variant,
-    see `jointnet.rewrites.add_task_embedding`; the shared tensor is the default for a task
+    see `jointnet.graph.add_task_embedding`; the shared tensor is the default for a task
     without one). `s` is the compiled module's float attribute ``gate_s`` (default 400.0), so a
     strategy can anneal it per batch (HAT, SPG spec §8.4). One unit per input channel (conv
     feature map) or feature (flat input); the output has the input's shape.

@@ -3,9 +3,9 @@
 Runs split Fashion-MNIST (5 tasks x 2 classes, a subset of the images so it takes a couple of
 minutes on 2 CPU cores) with PackNet (per-task binary masks over one shared trunk, no
 forgetting by construction), fine-tuning (one trunk, forgets) and independent nets (one net
-per task, no forgetting, 5x the parameters) through `jointnet.runner`. It prints each accuracy
+per task, no forgetting, 5x the parameters) through `jointnet.experiments.runner`. It prints each accuracy
 matrix, a comparison of the metrics and parameter counts, what changed in PackNet's
-architecture between the first and the last task (`jointnet.diff`), and where the snapshots
+architecture between the first and the last task (`jointnet.persistence.diff`), and where the snapshots
 are with the commands to inspect them.
 
 Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist`` (or ``--data-dir``).
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import attrs
 
-from jointnet import snapshot
-from jointnet.diff import diff
+from jointnet.persistence import snapshot
+from jointnet.persistence.diff import diff
 from jointnet.errors import JointNetError
-from jointnet.runner import RunSpec, format_matrix, run
+from jointnet.experiments.runner import RunSpec, format_matrix, run
 
 __all__ = ["main", "DEMO_RUNS", "MANIFEST"]
 
@@ -158,7 +158,7 @@ def main(args: argparse.Namespace | None = None) -> int:
             print(format_matrix(r["tasks"], r["matrix"]))
     finally:
         _write_manifest(out, [d for d in done if d.is_dir()])
-    print(f"\n== comparison (accuracy matrices above; R[i][j] = accuracy on task j after task i)")
+    print("\n== comparison (accuracy matrices above; R[i][j] = accuracy on task j after task i)")
     print(f"{'strategy':<12} {'AP':>7} {'AF':>8} {'BWT':>8} {'params':>9} {'time s':>7}")
     for name, r in results.items():
         m, p = r["metrics"], r["params"][-1]

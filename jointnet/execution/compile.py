@@ -6,7 +6,7 @@ route, parameters and masks up to that node are the same. The module registers t
 tensors, so training it updates the store. The generated source is in ``module.code``.
 
 >>> from jointnet import backbones
->>> from jointnet.params import ParamStore
+>>> from jointnet.execution.store import ParamStore
 >>> net = backbones.build(backbones.mlp(4, [8]), task="t1", n_classes=2)
 >>> m = compile_net(net, ParamStore().realize(net), "t1")
 >>> print(m.code.splitlines()[1].strip())
@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from jointnet.errors import CompileError, JointNetError
-from jointnet.names import is_name
-from jointnet.net import JointNet
-from jointnet.params import ParamStore
+from jointnet.graph.names import is_name
+from jointnet.graph.net import JointNet
+from jointnet.execution.store import ParamStore
 
 __all__ = ["compile_net", "CompiledNet"]
 

@@ -1,6 +1,6 @@
 """The trainer: one task of a net, trained from the net's train policy and a strategy's hooks.
 
-- Optimizer parameter groups come from the policy (`jointnet.train.param_groups`): frozen nodes
+- Optimizer parameter groups come from the policy (`jointnet.execution.optim.param_groups`): frozen nodes
   are left out, every other node trains at ``lr * lr_scale``.
 - A strategy plugs in through `Hooks`: an extra loss term (EWC, LwF, HAT), a gradient transform
   between ``backward()`` and ``step()`` (SPG, HAT, PackNet), a step callback, a per-batch
@@ -24,11 +24,11 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from jointnet.compile import compile_net
+from jointnet.execution.compile import compile_net
 from jointnet.errors import JointNetError
-from jointnet.net import JointNet
-from jointnet.params import ParamStore
-from jointnet.train import param_groups
+from jointnet.graph.net import JointNet
+from jointnet.execution.store import ParamStore
+from jointnet.execution.optim import param_groups
 
 __all__ = ["TrainConfig", "Hooks", "TrainResult", "train_task", "accuracy", "predict"]
 

@@ -11,7 +11,7 @@ Vocabulary:
 - **Ownership** is derived from routes (a node's users are the tasks routed through it) and,
   at finer grain, from `Param.owner` / `Param.task` (parameter) and `Group.owner` (channels).
 
-A `JointNet` never changes: rewrites (`jointnet.rewrite`) return a new one with `version + 1`
+A `JointNet` never changes: rewrites (`jointnet.graph.draft`) return a new one with `version + 1`
 and one more log record. Old versions stay valid values.
 """
 
@@ -20,15 +20,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import attrs
 import networkx as nx
 
 from jointnet.errors import InvariantError, SpecError
-from jointnet.frozen import FrozenDict
-from jointnet.layers import Layer
-from jointnet.names import (
+from jointnet.graph.frozen import FrozenDict
+from jointnet.graph.layers import Layer
+from jointnet.graph.names import (
     MAX_NUMEL, check_float, check_int, check_key, check_name, check_opt_name, check_shape, is_key,
 )
 

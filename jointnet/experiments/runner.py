@@ -31,14 +31,14 @@ from typing import Any, Callable
 import attrs
 import torch
 
-from jointnet import snapshot
-from jointnet.compile import compile_net
+from jointnet.persistence import snapshot
+from jointnet.execution.compile import compile_net
 from jointnet.errors import JointNetError
-from jointnet.metrics import summarize
-from jointnet.net import JointNet
-from jointnet.params import ParamStore
-from jointnet.trainer import TrainConfig, accuracy
-from jointnet.views import param_counts
+from jointnet.experiments.metrics import summarize
+from jointnet.graph.net import JointNet
+from jointnet.execution.store import ParamStore
+from jointnet.experiments.trainer import TrainConfig, accuracy
+from jointnet.persistence.views import param_counts
 
 __all__ = ["run", "resume", "RunSpec", "print_results", "format_matrix"]
 
@@ -121,7 +121,7 @@ def print_results(results: dict, echo: Callable[[str], Any] = print) -> None:
 
 
 def _load_stream(spec: RunSpec):
-    from jointnet.streams import get_stream
+    from jointnet.experiments.streams import get_stream
 
     return get_stream(spec.stream, seed=spec.seed, **spec.stream_options)
 
@@ -141,7 +141,7 @@ def run(spec: RunSpec, out: str | Path, *, echo: Callable[[str], Any] = print, p
     out = Path(out)
     if (out / "run.json").exists():
         raise JointNetError(f"{out} already holds a run; use resume or another --out")
-    from jointnet.streams import STREAMS
+    from jointnet.experiments.streams import STREAMS
     from strategies.base import get
 
     get(spec.strategy, **spec.strategy_options)  # fail before writing anything

@@ -1,5 +1,5 @@
 """The ``jointnet`` command line. It only parses arguments and prints: every view it shows is a
-library function (`jointnet.views`, `jointnet.diff`, `jointnet.render`).
+library function (`jointnet.persistence.views`, `jointnet.persistence.diff`, `jointnet.persistence.render`).
 
 Subcommands::
 
@@ -7,7 +7,7 @@ Subcommands::
     jointnet log SNAP [--json]           the rewrite history, one record per line
     jointnet diff A B [--json]           what changed from snapshot A to snapshot B
     jointnet render SNAP [--task T] -o FILE   Graphviz drawing (.dot always; .svg/.png/.pdf via dot)
-    jointnet demo [--out DIR] [--epochs N]    a short end-to-end demo (`jointnet.demo`)
+    jointnet demo [--out DIR] [--epochs N]    a short end-to-end demo (`jointnet.cli.demo`)
 
 Bad input (a missing or corrupt snapshot, an unknown task) prints one line to stderr and exits
 with status 2, without a traceback.
@@ -32,7 +32,7 @@ def _load(path: str, tensors: bool = False):
     """(net, store) from a snapshot file; the store is None unless `tensors` and the file has them."""
     from pathlib import Path
 
-    from jointnet import snapshot
+    from jointnet.persistence import snapshot
 
     if not Path(path).is_file():
         what = "is a directory, not a snapshot file" if Path(path).is_dir() else "no such snapshot file"
@@ -105,7 +105,7 @@ def format_inspect(summ: dict[str, Any], shared: dict[tuple[str, str], list[str]
 
 def format_log(hist: list[dict[str, Any]]) -> str:
     """Text for ``jointnet log``: one ``v<version>  name(k=v, ...)`` line per record."""
-    from jointnet.views import call_text
+    from jointnet.persistence.views import call_text
 
     width = len(str(hist[-1]["version"])) if hist else 1
     lines = [f"v{rec['version']:<{width}}  {call_text(rec['name'], rec['kwargs'])}" for rec in hist]
@@ -120,7 +120,7 @@ def _json(data: Any) -> str:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from jointnet.views import sharing, summary
+    from jointnet.persistence.views import sharing, summary
 
     net, _ = _load(args.snapshot)
     summ = summary(net)
@@ -135,7 +135,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_log(args: argparse.Namespace) -> int:
-    from jointnet.views import history
+    from jointnet.persistence.views import history
 
     net, _ = _load(args.snapshot)
     hist = history(net)
@@ -144,7 +144,7 @@ def _cmd_log(args: argparse.Namespace) -> int:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from jointnet.diff import diff
+    from jointnet.persistence.diff import diff
 
     tensors = not args.no_tensors
     a, sa = _load(args.a, tensors=tensors)
@@ -155,7 +155,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from jointnet.render import render
+    from jointnet.persistence.render import render
 
     net, _ = _load(args.snapshot)
     for p in render(net, args.output, task=args.task):
@@ -167,7 +167,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import importlib
 
     try:
-        demo = importlib.import_module("jointnet.demo")
+        demo = importlib.import_module("jointnet.cli.demo")
     except ImportError as e:
         raise JointNetError(f"the demo is not available: {e}") from None
     rc = demo.main(args)
@@ -189,13 +189,13 @@ def _parse_options(items: list[str] | None, what: str) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from jointnet import runner
+    from jointnet.experiments import runner
 
     if args.list:
         from strategies.base import STRATEGIES, get
 
         get("finetune")  # imports and registers the built-in strategies
-        from jointnet.streams import STREAMS
+        from jointnet.experiments.streams import STREAMS
 
         print("strategies:")
         for name, cls in sorted(STRATEGIES.items()):
@@ -320,7 +320,3 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as e:
         return _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

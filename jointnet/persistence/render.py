@@ -21,7 +21,7 @@ from pathlib import Path
 import networkx as nx
 
 from jointnet.errors import JointNetError
-from jointnet.net import JointNet
+from jointnet.graph.net import JointNet
 
 __all__ = ["PALETTE", "SHARED_FILL", "task_colors", "to_dot", "render"]
 

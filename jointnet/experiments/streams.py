@@ -79,7 +79,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from jointnet.data import load_cifar100, load_fashion_mnist
+from jointnet.experiments.data import load_cifar100, load_fashion_mnist
 from jointnet.errors import JointNetError
 
 __all__ = [
@@ -528,7 +528,7 @@ def get_stream(name: str, **kwargs: Any) -> Stream:
         >>> get_stream("split-mnist")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        jointnet.streams.StreamError: unknown stream 'split-mnist'; did you mean 'split-fmnist'? Known streams: ...
+        jointnet.experiments.streams.StreamError: unknown stream 'split-mnist'; did you mean 'split-fmnist'? Known streams: ...
     """
     if name not in STREAMS:
         close = difflib.get_close_matches(name, STREAMS, n=1)
@@ -584,7 +584,7 @@ def split_fmnist(
 
     Args:
         seed: seeds the class order (with ``shuffle_classes``), the image sample and the val split.
-        data_dir: where Fashion-MNIST is (see `jointnet.data.load_fashion_mnist`).
+        data_dir: where Fashion-MNIST is (see `jointnet.experiments.data.load_fashion_mnist`).
         n_tasks: default ``10 // classes_per_task``; ``n_tasks * classes_per_task <= 10``.
         classes_per_task: classes per task; labels are 0..k-1 in ascending class order.
         shuffle_classes: draw the class order from the seed instead of 0..9.
@@ -1133,7 +1133,7 @@ def split_cifar100(
     """Split CIFAR-100: 10 tasks x 10 fine classes (0-9, 10-19, ... or a seeded order).
 
     Needs a local CIFAR-100 python-version folder (`data_dir` or ``$JOINTNET_DATA``; see
-    `jointnet.data.load_cifar100`). Inputs are ``N x 3 x 32 x 32`` in [0, 1]. Options as
+    `jointnet.experiments.data.load_cifar100`). Inputs are ``N x 3 x 32 x 32`` in [0, 1]. Options as
     `split_fmnist` (PAR's CIFAR100-10 uses a seeded class order: ``shuffle_classes=True``).
     """
     _int("classes_per_task", classes_per_task, 1, 100)

@@ -18,7 +18,7 @@ Guarantees:
   structure, log) and bit-identical tensors, so compiled outputs are bit-identical too.
 
 >>> from jointnet import backbones
->>> from jointnet.params import ParamStore, referenced_keys
+>>> from jointnet.execution.store import ParamStore, referenced_keys
 >>> net = backbones.build(backbones.mlp(4, [8]), task="t1", n_classes=2)
 >>> store = ParamStore(seed=0).realize(net)
 >>> net2, store2 = loads(dumps(net, store))
@@ -47,10 +47,10 @@ import torch
 from torch import nn
 
 from jointnet.errors import InvariantError, SnapshotError, SpecError
-from jointnet.frozen import FrozenDict
-from jointnet.layers import Layer, spec_from_dict, spec_to_dict
-from jointnet.names import check_shape
-from jointnet.net import (
+from jointnet.graph.frozen import FrozenDict
+from jointnet.graph.layers import Layer, spec_from_dict, spec_to_dict
+from jointnet.graph.names import check_shape
+from jointnet.graph.net import (
     Group,
     Init,
     JointNet,
@@ -63,7 +63,7 @@ from jointnet.net import (
     TaskInfo,
     TensorRef,
 )
-from jointnet.params import ParamStore, referenced_keys
+from jointnet.execution.store import ParamStore, referenced_keys
 
 __all__ = ["save", "load", "dumps", "loads", "FORMAT", "FORMAT_VERSION", "SUPPORTED_VERSIONS"]
 
@@ -1204,9 +1204,9 @@ def _check_tensors(net: JointNet, tensors: dict[str, tuple]) -> None:
 
 def _run_check(net: JointNet) -> None:
     try:
-        from jointnet.check import check
+        from jointnet.graph.check import check
     except ModuleNotFoundError as e:
-        if e.name in ("jointnet.check",):
+        if e.name in ("jointnet.graph.check",):
             return
         raise
     try:

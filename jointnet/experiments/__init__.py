@@ -1,0 +1,1 @@
+"""Experiments: data, task streams, the trainer, metrics and the runner."""
