@@ -9,6 +9,9 @@ __all__ = [
     "InvariantError",
     "SnapshotError",
     "CompileError",
+    "DataError",
+    "StreamError",
+    "StrategyError",
 ]
 
 
@@ -56,3 +59,29 @@ class SnapshotError(JointNetError):
 
 class CompileError(JointNetError):
     """A net (or a task of it) cannot be compiled to a torch module."""
+
+
+class DataError(JointNetError):
+    """A data file is missing, truncated or corrupt, or a data set cannot be found.
+
+    The message names the file (or every place looked) and what is wrong.
+    """
+
+
+class StreamError(JointNetError, ValueError):
+    """A stream name or option is invalid; the message names it and what is accepted."""
+
+
+class StrategyError(JointNetError):
+    """A strategy cannot go on: bad options, or a task it cannot handle.
+
+    Carries `strategy` and `task` (None when the error is not about one task) as attributes; the
+    message starts with them: ``hat, task 't3': the backbone has no Gate layers``.
+    """
+
+    def __init__(self, message: str, *, strategy: str, task: str | None = None):
+        self.strategy = strategy
+        self.task = task
+        self.reason = message
+        where = f"{strategy}, task {task!r}" if task is not None else strategy
+        super().__init__(f"{where}: {message}")

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from jointnet.experiments import data
-from jointnet.experiments.data import DataError, read_idx, write_idx
+from jointnet.errors import DataError
+from jointnet.experiments.data import read_idx, write_idx
 from jointnet.errors import JointNetError
 
 # --------------------------------------------------------------------------------------------

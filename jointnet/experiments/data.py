@@ -42,10 +42,10 @@ from typing import Any
 
 import torch
 
-from jointnet.errors import JointNetError
+from jointnet.errors import DataError
 
 __all__ = [
-    "DataError",
+
     "read_idx",
     "write_idx",
     "load_fashion_mnist",
@@ -92,13 +92,6 @@ _HOW_TO_GET_CIFAR = (
     f"holds cifar-100-python/{{train,test,meta}}, and pass that folder as data_dir / --data-dir or "
     f"set {ENV_VAR} to it. Nothing is downloaded at run time."
 )
-
-
-class DataError(JointNetError):
-    """A data file is missing, truncated or corrupt, or a data set cannot be found.
-
-    The message names the file (or every place looked) and what is wrong.
-    """
 
 
 # --------------------------------------------------------------------------------------------

@@ -80,22 +80,18 @@ import torch
 import torch.nn.functional as F
 
 from jointnet.experiments.data import load_cifar100, load_fashion_mnist
-from jointnet.errors import JointNetError
+from jointnet.errors import StreamError
 
 __all__ = [
     "Task",
     "Stream",
-    "StreamError",
+
     "STREAMS",
     "get_stream",
     "rotate",
     "permute_pixels",
     "TRANSFORMS",
 ]
-
-
-class StreamError(JointNetError, ValueError):
-    """A stream name or option is invalid; the message names it and what is accepted."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -528,7 +524,7 @@ def get_stream(name: str, **kwargs: Any) -> Stream:
         >>> get_stream("split-mnist")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        jointnet.experiments.streams.StreamError: unknown stream 'split-mnist'; did you mean 'split-fmnist'? Known streams: ...
+        jointnet.errors.StreamError: unknown stream 'split-mnist'; did you mean 'split-fmnist'? Known streams: ...
     """
     if name not in STREAMS:
         close = difflib.get_close_matches(name, STREAMS, n=1)
