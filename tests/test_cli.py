@@ -68,7 +68,7 @@ def test_inspect(capsys, snaps):
     assert "owners={t2}" in lines["head.t2"]
     # fc1 (8x4 + 8 = 40) shared; heads 2x8+2 = 18 and 3x8+3 = 27 owned
     assert "parameters: total 85, shared 40, owned t1=18, t2=27" in out
-    assert "t1 & t2: fc1, relu1" in out
+    assert "  {t1,t2}: fc1, relu1" in out
 
 
 def test_inspect_after_growth(capsys, snaps):
@@ -80,7 +80,7 @@ def test_inspect_after_growth(capsys, snaps):
     # t1: fc1 40 + head.t1 18 = 58; t2: fc1.t2 (10x4 + 10 = 50) + head.t2 (3x10 + 3 = 33) + the
     # 2 input columns widen grew on head.t1 too, owned by t2 and unseen by t1 (2x2 = 4) = 87
     assert "parameters: total 145, shared 0, owned t1=58, t2=87" in out
-    assert "t1 & t2: relu1" in out
+    assert "  {t1,t2}: relu1" in out
 
 
 def test_inspect_json(capsys, snaps):

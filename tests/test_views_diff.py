@@ -184,15 +184,14 @@ def test_history():
 
 def test_sharing():
     net = two_tasks()
-    assert sharing(net) == {("t1", "t2"): ["fc1", "relu1"]}
+    assert sharing(net) == [{"tasks": ["t1", "t2"], "nodes": ["fc1", "relu1"]}]
     net = add_head(bind(add_task(net, task="t3"), task="t3", to="t2"), task="t3", n_classes=2)
     net = clone_node(net, node="fc1", task="t3")
-    assert sharing(net) == {
-        ("t1", "t2"): ["fc1", "relu1"],
-        ("t1", "t3"): ["relu1"],
-        ("t2", "t3"): ["relu1"],
-    }
-    assert sharing(one_task()) == {}
+    assert sharing(net) == [
+        {"tasks": ["t1", "t2"], "nodes": ["fc1"]},
+        {"tasks": ["t1", "t2", "t3"], "nodes": ["relu1"]},
+    ]
+    assert sharing(one_task()) == []
 
 
 # ---- diff ---------------------------------------------------------------------------------------

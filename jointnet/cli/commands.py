@@ -48,7 +48,7 @@ def _set(names) -> str:
     return "{" + ",".join(names) + "}"
 
 
-def format_inspect(summ: dict[str, Any], shared: dict[tuple[str, str], list[str]], source: str = "") -> str:
+def format_inspect(summ: dict[str, Any], shared: list[dict[str, list[str]]], source: str = "") -> str:
     """Text for ``jointnet inspect`` from `views.summary` and `views.sharing` output."""
     lines = []
     head = f"{source}: " if source else ""
@@ -97,9 +97,9 @@ def format_inspect(summ: dict[str, Any], shared: dict[tuple[str, str], list[str]
     if c["buffers"]:
         lines.append(f"buffers: {c['buffers']}")
     if shared:
-        lines.append("sharing:")
-        for (a, b), nodes_ in shared.items():
-            lines.append(f"  {a} & {b}: {', '.join(nodes_) if nodes_ else '(nothing)'}")
+        lines.append("shared nodes, by the tasks that use them:")
+        for entry in shared:
+            lines.append(f"  {_set(entry['tasks'])}: {', '.join(entry['nodes'])}")
     return "\n".join(lines)
 
 
@@ -127,7 +127,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     shared = sharing(net)
     if args.json:
         summ = dict(summ)
-        summ["sharing"] = [{"tasks": [a, b], "nodes": n} for (a, b), n in shared.items()]
+        summ["sharing"] = shared
         print(_json(summ))
     else:
         print(format_inspect(summ, shared, source=args.snapshot))

@@ -112,9 +112,10 @@ def _size(groups, gid) -> int:
 
 def _check_params(net: JointNet) -> None:
     seen: dict[str, str] = {}
+    all_users = net._users()
     for n in net.nodes:
         node = net.node(n)
-        users = net.users(n)
+        users = all_users[n]
         for axis in ("out", "in"):
             groups = node.out_groups if axis == "out" else node.in_groups
             require(len({g.id for g in groups}) == len(groups), f"node {n!r} repeats a channel group")

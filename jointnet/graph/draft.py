@@ -21,6 +21,7 @@ from jointnet.errors import InvariantError, RewriteError, SpecError
 from jointnet.graph.frozen import FrozenDict, freeze, thaw
 from jointnet.graph.layers import Layer, infer_spec
 from jointnet.graph.names import CHARSET, MAX_NAME, check_name, is_name
+from jointnet.graph.index import node_users
 from jointnet.graph.net import Init, JointNet, Node, Param, Record, TaskInfo
 
 __all__ = ["Draft", "rewrite", "REWRITES", "replay", "apply"]
@@ -41,14 +42,18 @@ class Draft:
         self.base = net
         self.name = name
         self.kwargs = kwargs
-        self.g: nx.DiGraph = net.graph.copy()
-        self.tasks: dict = dict(net.tasks)
-        self.policy: dict = dict(net.policy)
-        self.annotations: dict = dict(net.annotations)
+        self.g: nx.DiGraph = net.graph  # read-only until the first edit (see `_writable`)
+        self._copied = False
+        self.ix = net._index().copy()
+        self.tasks: dict = net.tasks.to_dict()
+        self.policy: dict = net.policy.to_dict()
+        self.annotations: dict = net.annotations.to_dict()
         self.version = net.version + 1  # the version this draft will become
-        self._keys: set[str] | None = None
+        self._keys: set[str] = set()  # keys made by this draft
         self._tag: str | None = None
         self._net: JointNet | None = None
+        self._own_succ: set[str] = set()  # nodes whose adjacency maps this draft copied
+        self._own_pred: set[str] = set()
 
     # ---- errors -------------------------------------------------------------------------------
 
@@ -56,14 +61,16 @@ class Draft:
         return RewriteError(message, rewrite=self.name, kwargs=self.kwargs, version=self.base.version)
 
     def view(self) -> JointNet:
-        """The draft's current state as a (scratch) net, for route and visibility queries."""
+        """The draft's current state as a (scratch) net, for route and visibility queries; it
+        shares the draft's graph and index (no copy), and is made again after every edit."""
         if self._net is None:
             self._net = JointNet(
-                nx.freeze(self.g.copy()),
-                tasks=FrozenDict(self.tasks),
-                policy=FrozenDict(self.policy),
+                self.g,
+                tasks=FrozenDict.wrap(self.tasks),
+                policy=FrozenDict.wrap(self.policy),
                 version=self.version,
             )
+            self._net._cache["index"] = self.ix
         return self._net
 
     def _touch(self) -> None:
@@ -73,8 +80,8 @@ class Draft:
 
     def node(self, node_id: str) -> Node:
         if node_id not in self.g:
-            raise self.error(f"no node {node_id!r}; nodes are {_listing(self.g.nodes)}")
-        return self.g.nodes[node_id]["n"]
+            raise self.error(f"no node {node_id!r}; nodes are {_listing(self.g._node)}")
+        return self.g._node[node_id]["n"]
 
     def task(self, task: str):
         if task not in self.tasks:
@@ -92,42 +99,109 @@ class Draft:
             raise self.error(f"task {task!r} does not route through {node_id!r}")
 
     # ---- edits --------------------------------------------------------------------------------
+    #
+    # The draft's graph shares every per-node map with the base net's (frozen) graph; an edit
+    # copies the maps it changes first, so the base stays as it was and a rewrite costs what it
+    # changes. Every edit goes through these methods, which also keep the route index current.
+
+    def _writable(self) -> nx.DiGraph:
+        """The draft's own graph, made (sharing the base's per-node maps) on the first edit."""
+        if not self._copied:
+            self.g = _graph_copy(self.g)
+            self._copied = True
+            self._touch()
+        return self.g
+
+    def _succ(self, u: str) -> dict:
+        if u not in self._own_succ:
+            self.g._succ[u] = dict(self.g._succ[u])
+            self._own_succ.add(u)
+        return self.g._succ[u]
+
+    def _pred(self, v: str) -> dict:
+        if v not in self._own_pred:
+            self.g._pred[v] = dict(self.g._pred[v])
+            self._own_pred.add(v)
+        return self.g._pred[v]
+
+    def _set_edge(self, u: str, v: str, data: dict | None) -> None:
+        self._writable()
+        if data is None:
+            del self._succ(u)[v]
+            del self._pred(v)[u]
+        else:
+            self._succ(u)[v] = data
+            self._pred(v)[u] = data
 
     def set_node(self, node: Node) -> None:
-        if node.id in self.g:
-            self.g.nodes[node.id]["n"] = node
+        """Add `node`, or replace the node with its id (routes stay as they are)."""
+        self._writable()
+        n = node.id
+        if n in self.g._node:
+            self.ix.invalidate(node_users(self.g, n, self.tasks))
         else:
-            self.g.add_node(node.id, n=node)
-        self._keys = None
+            self.g._succ[n] = {}
+            self.g._pred[n] = {}
+            self._own_succ.add(n)
+            self._own_pred.add(n)
+            if node.kind == "Input":
+                self.ix.add_input(n)
+        self.g._node[n] = {"n": node}
+        self._touch()
+
+    def add_task(self, info: TaskInfo) -> None:
+        self.tasks[info.name] = info
+        self.ix.add_task(info.name)
+        self._touch()
+
+    def drop_task(self, task: str) -> None:
+        """Unregister `task` (its edges must be unrouted first)."""
+        del self.tasks[task]
+        self.ix.remove_task(task)
         self._touch()
 
     def remove_node(self, node_id: str) -> None:
-        self.g.remove_node(node_id)
+        """Remove a node that no edge touches any more."""
+        self._writable()
+        if self.g._succ[node_id] or self.g._pred[node_id]:
+            raise self.error(f"node {node_id!r} still has edges")  # pragma: no cover - internal misuse
+        del self.g._node[node_id], self.g._succ[node_id], self.g._pred[node_id]
+        self.ix.remove_node(node_id)
         self.policy = {k: v for k, v in self.policy.items() if k[1] != node_id}
-        self._keys = None
         self._touch()
 
     def route_edge(self, u: str, v: str, task: str, port: int = 0) -> None:
         """Add `task` to the edge u -> v (creating it with `port`)."""
-        if self.g.has_edge(u, v):
-            d = self.g.edges[u, v]
+        d = self.g._succ[u].get(v)
+        if d is not None:
             if d["port"] != port:
                 raise self.error(f"edge {u!r} -> {v!r} already feeds port {d['port']}, not {port}")
-            self.g.add_edge(u, v, tasks=d["tasks"] | {task}, port=port)
+            self._set_edge(u, v, {"tasks": d["tasks"] | {task}, "port": port})
         else:
-            self.g.add_edge(u, v, tasks=frozenset({task}), port=port)
+            self._set_edge(u, v, {"tasks": frozenset({task}), "port": port})
+        self.ix.route_edge(u, v, task, port)
         self._touch()
 
     def unroute_edge(self, u: str, v: str, task: str) -> int:
         """Remove `task` from the edge u -> v (deleting it when no task is left); returns its port."""
-        d = self.g.edges[u, v]
+        d = self.g._succ[u][v]
         rest = d["tasks"] - {task}
-        if rest:
-            self.g.add_edge(u, v, tasks=rest, port=d["port"])
-        else:
-            self.g.remove_edge(u, v)
+        self._set_edge(u, v, {"tasks": rest, "port": d["port"]} if rest else None)
+        self.ix.unroute_edge(u, v, task)
         self._touch()
         return d["port"]
+
+    def reaches(self, src: str, targets: set[str]) -> bool:
+        """Whether a path of the draft's graph leads from `src` to one of `targets`."""
+        seen, stack = {src}, [src]
+        while stack:
+            for w in self.g._succ[stack.pop()]:
+                if w in targets:
+                    return True
+                if w not in seen:
+                    seen.add(w)
+                    stack.append(w)
+        return False
 
     def fresh_id(self, base: str) -> str:
         """`base` if it is free, else ``base.2``, ``base.3``, ...; a valid name or a RewriteError."""
@@ -142,7 +216,11 @@ class Draft:
         return out
 
     def fresh_key(self, node_id: str, name: str) -> str:
-        """A parameter key that no other version of this lineage gives another meaning."""
+        """A parameter key that no other version of this lineage gives another meaning.
+
+        Keys end in the new net's lineage tag, which no earlier version has, so only keys made by
+        this draft can collide (two blocks of one parameter): those get ``.2``, ``.3``, ...
+        """
         from jointnet.graph.net import _lineage
 
         # Frozen kwargs, as in the log record: a replay passes thawed lists where the caller may
@@ -150,9 +228,6 @@ class Draft:
         if self._tag is None:  # the new net's lineage, computed once per draft
             self._tag = _lineage(self.base.lineage, Record(self.name, FrozenDict(freeze(self.kwargs))))
         key = f"{node_id}.{name}@{self._tag}"
-        if self._keys is None:
-            self._keys = {p.key for _, d in self.g.nodes(data=True) for p in d["n"].params}
-            self._keys |= {m.key for _, d in self.g.nodes(data=True) for m in d["n"].masks}
         i = 2
         out = key
         while out in self._keys:
@@ -224,13 +299,25 @@ class Draft:
 
     def finish(self) -> JointNet:
         record = Record(self.name, FrozenDict(freeze(self.kwargs)))
+        # The draft is done with its maps: the new net takes them without a copy.
         return self.base.bump(
             self.g,
-            FrozenDict(self.tasks),
-            FrozenDict(self.policy),
-            FrozenDict(self.annotations),
+            FrozenDict.wrap(self.tasks),
+            FrozenDict.wrap(self.policy),
+            FrozenDict.wrap(self.annotations),
             record,
+            index=self.ix,
         )
+
+
+def _graph_copy(graph: nx.DiGraph) -> nx.DiGraph:
+    """A new graph sharing `graph`'s per-node maps (copied by the Draft before it writes one)."""
+    g = nx.DiGraph()
+    g.graph = graph.graph
+    g._node = dict(graph._node)
+    g._succ = g._adj = dict(graph._succ)
+    g._pred = dict(graph._pred)
+    return g
 
 
 def _shown(value: Any, limit: int = 80) -> str:

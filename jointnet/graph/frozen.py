@@ -18,8 +18,38 @@ class FrozenDict(Mapping):
     __slots__ = ("_d", "_h")
 
     def __init__(self, *args: Any, **kwargs: Any):
-        self._d = dict(*args, **kwargs)
+        if len(args) == 1 and not kwargs and type(args[0]) is FrozenDict:
+            self._d = args[0]._d  # never mutated: share it
+        else:
+            self._d = dict(*args, **kwargs)
         self._h = None
+
+    @classmethod
+    def wrap(cls, d: dict) -> "FrozenDict":
+        """A FrozenDict over `d` itself, without a copy: the caller must never change `d` again."""
+        out = cls.__new__(cls)
+        out._d = d
+        out._h = None
+        return out
+
+    def to_dict(self) -> dict:
+        """A new plain dict with the same items (a C-level copy)."""
+        return dict(self._d)
+
+    def keys(self):
+        return self._d.keys()
+
+    def values(self):
+        return self._d.values()
+
+    def items(self):
+        return self._d.items()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._d.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._d
 
     def __getitem__(self, key: Any) -> Any:
         return self._d[key]

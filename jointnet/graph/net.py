@@ -18,14 +18,17 @@ and one more log record. Old versions stay valid values.
 from __future__ import annotations
 
 import hashlib
+import heapq
+from typing import Any
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import attrs
 import networkx as nx
 
 from jointnet.errors import InvariantError, SpecError
 from jointnet.graph.frozen import FrozenDict
+from jointnet.graph.index import RouteIndex, node_users
 from jointnet.graph.layers import Layer
 from jointnet.graph.names import (
     MAX_NUMEL, check_float, check_int, check_key, check_name, check_opt_name, check_shape, is_key,
@@ -43,6 +46,7 @@ __all__ = [
     "Record",
     "Log",
     "JointNet",
+    "RouteView",
 ]
 
 
@@ -385,104 +389,158 @@ class JointNet:
 
     def node(self, node_id: str) -> Node:
         """The `Node` with id `node_id` (KeyError if absent)."""
-        return self.graph.nodes[node_id]["n"]
+        return self.graph._node[node_id]["n"]  # not graph.nodes: its view would tie a cycle
 
     @property
     def nodes(self) -> list[str]:
-        return list(self.graph.nodes)
+        return list(self.graph._node)
 
-    def edges(self, task: str | None = None) -> list[tuple[str, str, FrozenDict]]:
-        """Edges as (src, dst, data); only `task`'s route when `task` is given."""
+    def edges(self, task: "str | RouteView | None" = None) -> list[tuple[str, str, Any]]:
+        """Edges as (src, dst, data); only the route of `task` (a task or a `RouteView`) when given.
+
+        A view's edges need not exist in the graph; their data is ``{"port": p}``.
+        """
         if task is None:
             return list(self.graph.edges(data=True))
-        return list(self._routes().get(task, ((), {}))[0])
+        if isinstance(task, RouteView):
+            return [(u, v, {"port": p}) for u, v, p in task.edges]
+        return [(u, v, self.graph._succ[u][v]) for u, v in self._index().edges(task)]
 
-    def _routes(self) -> dict[str, tuple[list, dict]]:
-        """The route index, built in one pass over the edges: task -> (its edges, dst -> the
-        (port, src) pairs feeding dst on its route, sorted). Route queries then cost the size of
-        the route, not of the graph."""
-        if "routes" not in self._cache:
-            index: dict[str, tuple[list, dict]] = {}
-            for u, v, d in self.graph.edges(data=True):
-                for t in d["tasks"]:
-                    entry = index.get(t)
-                    if entry is None:
-                        entry = index[t] = ([], {})
-                    entry[0].append((u, v, d))
-                    entry[1].setdefault(v, []).append((d["port"], u))
-            for _, ins in index.values():
-                for pairs in ins.values():
-                    pairs.sort()
-            self._cache["routes"] = index
-        return self._cache["routes"]
+    def _index(self) -> RouteIndex:
+        """The route index (built from the graph on first use for a net not made by rewrites)."""
+        ix = self._cache.get("index")
+        if ix is None:
+            ix = self._cache["index"] = RouteIndex.build(self.graph, self._inputs())
+        return ix
+
+    def _ins(self, task: "str | RouteView") -> dict[str, tuple[tuple[int, str], ...]]:
+        if isinstance(task, RouteView):
+            return self._view_data(task)["ins"]
+        return self._index().ins(task)
+
+    def _view_data(self, view: "RouteView") -> dict:
+        key = ("view", view)
+        data = self._cache.get(key)
+        if data is None:
+            ins: dict[str, list] = {}
+            for u, v, p in view.edges:
+                ins.setdefault(v, []).append((p, u))
+            data = self._cache[key] = {"ins": {v: tuple(sorted(x)) for v, x in ins.items()}}
+        return data
+
+    def _inputs(self) -> dict[str, str]:
+        inputs = self._cache.get("inputs")
+        if inputs is None:
+            inputs = self._cache["inputs"] = {t: info.input for t, info in self.tasks.items()}
+        return inputs
 
     def users(self, node_id: str) -> frozenset[str]:
         """The tasks routed through `node_id` (its route-level owners)."""
-        return self._users().get(node_id, frozenset())
+        users = self._cache.get("users")
+        if users is not None:
+            return users.get(node_id, frozenset())
+        if node_id not in self.graph._node:
+            return frozenset()
+        return node_users(self.graph, node_id, self.tasks)
 
     def _users(self) -> dict[str, frozenset[str]]:
-        if "users" not in self._cache:
-            users: dict[str, set[str]] = {n: set() for n in self.graph}
-            for u, v, d in self.graph.edges(data=True):
-                users[u] |= d["tasks"]
-                users[v] |= d["tasks"]
+        """node -> its users, for every node (one pass over the edges, cached)."""
+        users = self._cache.get("users")
+        if users is None:
+            acc: dict[str, set[str]] = {n: set() for n in self.graph._node}
+            for u, nbrs in self.graph._succ.items():
+                for v, d in nbrs.items():
+                    acc[u] |= d["tasks"]
+                    acc[v] |= d["tasks"]
             for t, info in self.tasks.items():
-                users[info.input].add(t)
-            self._cache["users"] = {n: frozenset(s) for n, s in users.items()}
-        return self._cache["users"]
+                if info.input in acc:
+                    acc[info.input].add(t)
+            users = self._cache["users"] = {n: frozenset(s) for n, s in acc.items()}
+        return users
 
     # ---- routes -------------------------------------------------------------------------------
 
-    def route(self, task: str) -> list[str]:
-        """The nodes of `task`'s route in topological order, input first, head last."""
-        key = ("route", task)
-        if key not in self._cache:
-            info = self.tasks[task]
-            sub = nx.DiGraph()
-            sub.add_node(info.input)
-            sub.add_edges_from((u, v) for u, v, _ in self.edges(task))
-            self._cache[key] = list(nx.lexicographical_topological_sort(sub))
-        return self._cache[key]
+    def route(self, task: "str | RouteView") -> list[str]:
+        """The nodes of the route of `task` (a task or a `RouteView`) in topological order, input
+        first, head (or the view's output) last."""
+        if isinstance(task, RouteView):
+            data = self._view_data(task)
+            if "order" not in data:
+                data["order"] = _topo(self.tasks[task.task].input, ((u, v) for u, v, _ in task.edges))
+            return data["order"]
+        return self._index().cached(
+            "order", task, lambda: _topo(self.tasks[task].input, self._index().edges(task)))
 
-    def inputs_of(self, node_id: str, task: str) -> list[str]:
-        """The predecessors feeding `node_id` on `task`'s route, in port order."""
-        return [u for _, u in self.in_ports(node_id, task)]
+    def inputs_of(self, node_id: str, task: "str | RouteView") -> list[str]:
+        """The predecessors feeding `node_id` on the route of `task`, in port order."""
+        return [u for _, u in self._ins(task).get(node_id, ())]
 
-    def in_ports(self, node_id: str, task: str) -> list[tuple[int, str]]:
-        """The (port, predecessor) pairs feeding `node_id` on `task`'s route, sorted by port."""
-        return self._routes().get(task, ((), {}))[1].get(node_id, [])
+    def in_ports(self, node_id: str, task: "str | RouteView") -> tuple[tuple[int, str], ...]:
+        """The (port, predecessor) pairs feeding `node_id` on the route of `task`, by port."""
+        return self._ins(task).get(node_id, ())
+
+    def view(self, task: str, *, swap: Mapping[str, str] | None = None, name: str = "view") -> "RouteView":
+        """`task`'s route as a `RouteView`, with every node ``a`` of `swap` replaced by ``swap[a]``.
+
+        The view is a value: evaluating it needs no rewrite and leaves no log record (LASEM's
+        configurations, a supernet path).
+
+        >>> from jointnet.graph import backbones, add_task, bind, add_head, clone_node
+        >>> net = backbones.build(backbones.mlp(4, [8]), task="t1", n_classes=2)
+        >>> net = clone_node(net, node="fc1", task="t1", init="fresh")
+        >>> net.route(net.view("t1", swap={"fc1.t1": "fc1"}))
+        ['input', 'fc1', 'relu1', 'head.t1']
+        """
+        swap = dict(swap or {})
+        for a, b in swap.items():
+            if a not in self.graph or b not in self.graph:
+                raise InvariantError(f"view of task {task!r}: no node {a if a not in self.graph else b!r}")
+        info = self.tasks[task]
+        edges = tuple(sorted({(swap.get(u, u), swap.get(v, v), d["port"]) for u, v, d in self.edges(task)}))
+        head = info.head if info.head is not None else (self.route(task)[-1])
+        return RouteView(task=task, edges=edges, output=swap.get(head, head), name=name)
+
+    def task_of(self, task: "str | RouteView") -> str:
+        """The task whose parameters the route of `task` uses (itself, or a view's task)."""
+        return task.task if isinstance(task, RouteView) else task
 
     def task_order(self, task: str) -> int:
         return list(self.tasks).index(task)
 
     # ---- policy -------------------------------------------------------------------------------
 
-    def policy_for(self, task: str, node_id: str) -> NodePolicy:
+    def policy_for(self, task: "str | RouteView", node_id: str) -> NodePolicy:
         """The train policy of `node_id` when training `task` (task entry, then all-task entry)."""
-        p = self.policy.get((task, node_id))
+        p = self.policy.get((self.task_of(task), node_id))
         if p is None:
             p = self.policy.get((None, node_id), DEFAULT_POLICY)
         return p
 
     # ---- channel groups -----------------------------------------------------------------------
 
-    def route_groups(self, task: str) -> frozenset[str]:
-        key = ("groups", task)
-        if key not in self._cache:
+    def route_groups(self, task: "str | RouteView") -> frozenset[str]:
+        def make() -> frozenset[str]:
             ids = set()
             for n in self.route(task):
                 # Only producers (the nodes `widen` grew): a BatchNorm downstream holds the group
                 # too, but a route may reach it from another producer that lacks the group.
                 if self.node(n).spec.producer:
                     ids.update(g.id for g in self.node(n).out_groups)
-            self._cache[key] = frozenset(ids)
-        return self._cache[key]
+            return frozenset(ids)
 
-    def group_visible(self, task: str, group: Group) -> bool:
-        """Whether `task` computes the channels of `group` (see `Group`)."""
+        if isinstance(task, RouteView):
+            data = self._view_data(task)
+            if "groups" not in data:
+                data["groups"] = make()
+            return data["groups"]
+        return self._index().cached("groups", task, make)
+
+    def group_visible(self, task: "str | RouteView", group: Group) -> bool:
+        """Whether `task` (or a view of a task) computes the channels of `group` (see `Group`)."""
         if group.id not in self.route_groups(task):
             return False
-        return group.owner == task or self.tasks[task].added_at > group.created_at
+        t = self.task_of(task)
+        return group.owner == t or self.tasks[t].added_at > group.created_at
 
     def visible_groups(self, task: str, node_id: str, axis: str) -> list[str | None]:
         """The group ids `task` sees on `node_id` along `axis` (``out``/``in``), base (None) first."""
@@ -514,8 +572,9 @@ class JointNet:
         for p in n.params:
             if p.task is None and (p.name, p.block) not in by_block:
                 by_block[(p.name, p.block)] = p
+        owner = self.task_of(task)
         for p in n.params:
-            if p.task == task:
+            if p.task == owner:
                 by_block[(p.name, p.block)] = p
         grid: dict[str, list[list[Param]]] = {}
         for name, info in n.spec.params().items():
@@ -567,9 +626,11 @@ class JointNet:
     def _order_key(self, task: str) -> int:
         return self.task_order(task) if task in self.tasks else 1 << 30
 
-    def bump(self, graph: nx.DiGraph, tasks, policy, annotations, record: Record) -> "JointNet":
-        """A successor of this net with the given contents and one more log record."""
-        return JointNet(
+    def bump(self, graph: nx.DiGraph, tasks, policy, annotations, record: Record,
+             index: RouteIndex | None = None) -> "JointNet":
+        """A successor of this net with the given contents and one more log record (and the route
+        index the draft kept up to date, so the new net need not rebuild it)."""
+        out = JointNet(
             nx.freeze(graph),
             tasks=tasks,
             policy=policy,
@@ -578,6 +639,50 @@ class JointNet:
             log=self.log.append(record),
             lineage=_lineage(self.lineage, record),
         )
+        if index is not None:
+            out._cache["index"] = index
+        return out
+
+
+def _topo(input_node: str, edges: Iterable[tuple[str, str]]) -> list[str]:
+    """The nodes of a route in topological order, ties broken by name (as networkx's
+    ``lexicographical_topological_sort``), in O(E log V) without building a graph."""
+    succ: dict[str, list[str]] = {input_node: []}
+    indeg: dict[str, int] = {input_node: 0}
+    for u, v in edges:
+        succ.setdefault(u, []).append(v)
+        succ.setdefault(v, [])
+        indeg[v] = indeg.get(v, 0) + 1
+        indeg.setdefault(u, 0)
+    ready = [n for n, k in indeg.items() if k == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        n = heapq.heappop(ready)
+        order.append(n)
+        for w in succ[n]:
+            indeg[w] -= 1
+            if indeg[w] == 0:
+                heapq.heappush(ready, w)
+    if len(order) != len(indeg):
+        raise InvariantError(f"the route from {input_node!r} has a cycle")
+    return order
+
+
+@attrs.frozen
+class RouteView:
+    """A path through the net that is not a task's route, evaluated like one (LASEM's
+    configurations, a PAR supernet path): the edges `(src, dst, port)` from `task`'s input to
+    `output`, computed with `task`'s parameter variants, masks and visible channel groups.
+
+    A view is a value: making or evaluating one rewrites nothing and logs nothing. Its edges need
+    not exist in the graph; its nodes must. Make one with `JointNet.view`.
+    """
+
+    task: str = attrs.field(validator=_name)
+    edges: tuple[tuple[str, str, int], ...] = attrs.field(converter=lambda e: tuple(sorted(tuple(x) for x in e)))
+    output: str = attrs.field(validator=_name)
+    name: str = attrs.field(default="view", validator=_name)
 
 
 def require(cond: bool, message: str) -> None:

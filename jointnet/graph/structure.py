@@ -57,14 +57,14 @@ def add_task(d: Draft, /, *, task: str, input: str | None = None) -> None:
         raise d.error(str(e)) from None
     if task in d.tasks:
         raise d.error(f"task {task!r} already exists")
-    inputs = [n for n, data in d.g.nodes(data=True) if data["n"].kind == "Input"]
+    inputs = list(d.ix.inputs)
     if input is None:
         if len(inputs) != 1:
             raise d.error(f"name the input: the net has {len(inputs)} input nodes ({inputs})")
         input = inputs[0]
     elif input not in inputs:
         raise d.error(f"{input!r} is not an input node; inputs are {inputs}")
-    d.tasks[task] = TaskInfo(task, input, added_at=d.version)
+    d.add_task(TaskInfo(task, input, added_at=d.version))
 
 
 @rewrite
@@ -199,18 +199,18 @@ def route_through(d: Draft, /, *, task: str, like: str, upto: Any) -> Any:
         if v in seen:
             continue
         seen.add(v)
-        for u, _, data in d.g.in_edges(v, data=True):
+        for u, data in d.g._pred[v].items():
             if like in data["tasks"]:
                 wanted.append((u, v, data["port"]))
                 stack.append(u)
     mine = set(d.route(task))
     for v in sorted(seen & mine):
-        have = sorted((data["port"], u) for u, _, data in d.g.in_edges(v, data=True) if task in data["tasks"])
+        have = sorted((data["port"], u) for u, data in d.g._pred[v].items() if task in data["tasks"])
         want = sorted((p, u) for u, w, p in wanted if w == v)
         if have and have != want:
             raise d.error(f"task {task!r} already routes into {v!r} from {[u for _, u in have]}, "
                           f"task {like!r} from {[u for _, u in want]}")
-    new = [(u, v, p) for u, v, p in wanted if task not in d.g.edges[u, v]["tasks"]]
+    new = [(u, v, p) for u, v, p in wanted if task not in d.g._succ[u][v]["tasks"]]
     if not new:
         return NO_CHANGE
     for u, v, p in sorted(new):
@@ -220,11 +220,11 @@ def route_through(d: Draft, /, *, task: str, like: str, upto: Any) -> Any:
 
 
 def _move_routes(d: Draft, task: str, node: str, to: str) -> None:
-    for u, _, data in list(d.g.in_edges(node, data=True)):
+    for u, data in list(d.g._pred[node].items()):
         if task in data["tasks"]:
             port = d.unroute_edge(u, node, task)
             d.route_edge(u, to, task, port)
-    for _, w, data in list(d.g.out_edges(node, data=True)):
+    for w, data in list(d.g._succ[node].items()):
         if task in data["tasks"]:
             port = d.unroute_edge(node, w, task)
             d.route_edge(to, w, task, port)
@@ -294,15 +294,17 @@ def reroute(d: Draft, /, *, task: str, node: str, to: str) -> None:
         raise d.error("inputs cannot be rerouted")
     if target.kind != d.node(node).kind:
         raise d.error(f"{to!r} is a {target.kind}, {node!r} a {d.node(node).kind}")
+    feeds = set(d.view().inputs_of(node, task))
     _move_routes(d, task, node, to)
-    if not nx.is_directed_acyclic_graph(d.g):
-        # Other tasks' edges may already lead from `node`'s successors back to `to`.
+    if d.reaches(to, feeds | {to}):
+        # Other tasks' edges may already lead from `node`'s successors back to `to` (or from
+        # `to` to what feeds it now): a cycle must use one of the edges just added.
         raise d.error(f"routing {task!r} through {to!r} would close a cycle")
-    d.g.nodes[node]["n"] = attrs.evolve(
+    d.set_node(attrs.evolve(
         d.node(node),
         params=tuple(p for p in d.node(node).params if p.task != task),
         masks=tuple(m for m in d.node(node).masks if m.task != task),
-    )
+    ))
     d.check_task(task)
 
 
@@ -311,11 +313,11 @@ def remove_task(d: Draft, /, *, task: str) -> None:
     """Unregister `task`: its route, policy, per-task variants and masks go; its nodes stay
     until `prune` (they may serve other tasks)."""
     d.task(task)
-    for u, v, data in list(d.g.edges(data=True)):
-        if task in data["tasks"]:
-            d.unroute_edge(u, v, task)
-    for n, data in list(d.g.nodes(data=True)):
-        node = data["n"]
+    route = d.route(task)  # only nodes on its route hold its variants and masks (check)
+    for u, v, _ in d.view().edges(task):
+        d.unroute_edge(u, v, task)
+    for n in route:
+        node = d.node(n)
         if any(p.task == task for p in node.params) or any(m.task == task for m in node.masks):
             d.set_node(attrs.evolve(
                 node,
@@ -323,8 +325,7 @@ def remove_task(d: Draft, /, *, task: str) -> None:
                 masks=tuple(m for m in node.masks if m.task != task),
             ))
     d.policy = {k: v for k, v in d.policy.items() if k[0] != task}
-    del d.tasks[task]
-    d._touch()
+    d.drop_task(task)
 
 
 @rewrite

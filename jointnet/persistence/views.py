@@ -14,7 +14,6 @@ Every function here returns plain Python values (dicts, lists, str, int, float, 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from itertools import combinations
 from typing import Any
 
 import networkx as nx
@@ -264,23 +263,23 @@ def history(net: JointNet) -> list[dict[str, Any]]:
     ]
 
 
-def sharing(net: JointNet) -> dict[tuple[str, str], list[str]]:
-    """For every pair of registered tasks (in task order), the layers both route through.
+def sharing(net: JointNet) -> list[dict[str, list[str]]]:
+    """The nodes several tasks route through, grouped by the set of tasks that use them.
 
-    Input nodes are left out (every task reading an input trivially shares it); lists follow
-    topological order. Pairs that share nothing map to ``[]``.
+    One entry ``{"tasks": [...], "nodes": [...]}`` per distinct set of two or more users, in
+    topological order of the nodes (tasks in task order). Input nodes are left out (every task
+    reading an input trivially shares it). Linear in nodes x users, never in task pairs.
 
     >>> from jointnet import backbones
     >>> from jointnet.graph import add_task, bind, add_head
     >>> net = backbones.build(backbones.mlp(4, [8]), task="t1", n_classes=2)
     >>> net = add_head(bind(add_task(net, task="t2"), task="t2", to="t1"), task="t2", n_classes=2)
     >>> sharing(net)
-    {('t1', 't2'): ['fc1', 'relu1']}
+    [{'tasks': ['t1', 't2'], 'nodes': ['fc1', 'relu1']}]
     """
-    order = _topo(net)
-    routes = {t: set(net.route(t)) for t in net.tasks}
-    out: dict[tuple[str, str], list[str]] = {}
-    for a, b in combinations(net.tasks, 2):
-        both = routes[a] & routes[b]
-        out[(a, b)] = [n for n in order if n in both and net.node(n).kind != "Input"]
-    return out
+    users = net._users()
+    groups: dict[frozenset, list[str]] = {}
+    for n in _topo(net):
+        if len(users[n]) >= 2 and net.node(n).kind != "Input":
+            groups.setdefault(users[n], []).append(n)
+    return [{"tasks": _task_sorted(net, ts), "nodes": nodes} for ts, nodes in groups.items()]
