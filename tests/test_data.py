@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from datafiles import fake_mnist, tiny_cifar, write_cifar100, write_idx
 
+from jointnet.errors import DataError, JointNetError
 from jointnet.experiments import data
-from jointnet.errors import DataError
-from jointnet.experiments.data import read_idx, write_idx
-from jointnet.errors import JointNetError
+from jointnet.experiments.data import read_idx
 
 # --------------------------------------------------------------------------------------------
 # IDX: files written by hand, byte by byte, independently of write_idx
@@ -186,18 +186,6 @@ def test_fashion_mnist_loads():
     assert again["train_images"] is fm["train_images"]
 
 
-def fake_mnist(folder: Path, n_train: int = 20, n_test: int = 10, gz: bool = True, seed: int = 0) -> Path:
-    """Four small IDX files in MNIST's layout."""
-    folder.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(seed)
-    suffix = ".gz" if gz else ""
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        images = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
-        write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", images)
-        write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", (torch.arange(n) % 10).to(torch.uint8))
-    return folder
-
-
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """No $JOINTNET_DATA, no Debian data, an empty working directory."""
@@ -339,23 +327,8 @@ def test_mnist_ignores_bare_jointnet_data(isolated, monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
-def tiny_cifar(folder: Path, n_per_class: int = 1, seed: int = 0) -> tuple[Path, dict]:
-    g = torch.Generator().manual_seed(seed)
-    coarse_of = (torch.randperm(100, generator=g) // 5).tolist()
-    splits = {}
-    for split, n in (("train", n_per_class), ("test", 1)):
-        fine = torch.arange(100).repeat(n)
-        splits[split] = {
-            "images": torch.randint(0, 256, (len(fine), 3, 32, 32), generator=g, dtype=torch.uint8),
-            "fine_labels": fine.tolist(),
-            "coarse_labels": [coarse_of[f] for f in fine.tolist()],
-        }
-    data.write_cifar100(folder / "cifar-100-python", train=splits["train"], test=splits["test"])
-    return folder, splits
-
-
 def test_cifar100_round_trip(tmp_path):
-    root, splits = tiny_cifar(tmp_path / "c", n_per_class=2)
+    root, splits = tiny_cifar(tmp_path / "c", n_train_per_class=2)
     c = data.load_cifar100(root)
     assert torch.equal(c["train_images"], splits["train"]["images"])
     assert c["train_images"].shape == (200, 3, 32, 32)
@@ -455,12 +428,12 @@ def test_cifar100_truncated_pickle_names_the_file(tmp_path):
 def test_cifar100_bad_shapes_and_labels(tmp_path):
     root, splits = tiny_cifar(tmp_path / "c")
     bad = dict(splits["train"], fine_labels=[100] * 100)
-    data.write_cifar100(root / "cifar-100-python", train=bad, test=splits["test"])
+    write_cifar100(root / "cifar-100-python", train=bad, test=splits["test"])
     data.clear_cache()
     with pytest.raises(DataError, match="'fine_labels' has labels outside 0..99"):
         data.load_cifar100(root)
     bad = dict(splits["train"], coarse_labels=[0] * 99)
-    data.write_cifar100(root / "cifar-100-python", train=bad, test=splits["test"])
+    write_cifar100(root / "cifar-100-python", train=bad, test=splits["test"])
     data.clear_cache()
     with pytest.raises(DataError, match="'coarse_labels' has 99 labels for 100 images"):
         data.load_cifar100(root)

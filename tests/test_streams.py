@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from datafiles import tiny_cifar
 
 from jointnet.experiments import data
 from jointnet.experiments.streams import (
@@ -439,19 +440,7 @@ def test_task_and_stream_values():
 
 @pytest.fixture(scope="module")
 def cifar_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cifar")
-    g = torch.Generator().manual_seed(0)
-    coarse_of = (torch.randperm(100, generator=g) // 5).tolist()
-    splits = {}
-    for split, n in (("train", 4), ("test", 2)):
-        fine = torch.arange(100).repeat(n)
-        splits[split] = {
-            "images": torch.randint(0, 256, (len(fine), 3, 32, 32), generator=g, dtype=torch.uint8),
-            "fine_labels": fine.tolist(),
-            "coarse_labels": [coarse_of[f] for f in fine.tolist()],
-        }
-    data.write_cifar100(root / "cifar-100-python", train=splits["train"], test=splits["test"])
-    return root
+    return tiny_cifar(tmp_path_factory.mktemp("cifar"), n_train_per_class=4, n_test_per_class=2)[0]
 
 
 def test_split_cifar100(cifar_dir):

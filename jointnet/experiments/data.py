@@ -1,6 +1,7 @@
 """Data sets from local files: an IDX reader and Fashion-MNIST, MNIST and CIFAR-100 loaders.
 
-Nothing here downloads anything and nothing imports torchvision or numpy. Every loader reads a
+Nothing here downloads anything, writes data files, or imports torchvision or numpy (the
+tests write their small data files with ``tests/datafiles.py``). Every loader reads a
 folder the user already has, checks each file completely (magic number, dtype, dims, exact
 length, label ranges, matching counts), and raises one `DataError` naming the file and what is
 wrong. It never returns a partial data set.
@@ -19,9 +20,11 @@ Decoded arrays are cached in-process by resolved folder (`clear_cache` empties t
 streams of `jointnet.experiments.streams` decode each file once. The returned tensors are shared by every
 caller: treat them as read-only (index or ``.clone()`` before changing them).
 
->>> import tempfile, torch
+>>> import gzip, tempfile
+>>> header = bytes([0, 0, 0x08, 2]) + (2).to_bytes(4, "big") + (3).to_bytes(4, "big")  # ubyte, 2x3
 >>> with tempfile.TemporaryDirectory() as d:
-...     path = write_idx(f"{d}/t.idx.gz", torch.arange(6, dtype=torch.uint8).reshape(2, 3))
+...     path = Path(d, "t.idx.gz")
+...     _ = path.write_bytes(gzip.compress(header + bytes(range(6))))
 ...     print(read_idx(path).tolist())
 [[0, 1, 2], [3, 4, 5]]
 """
@@ -45,13 +48,10 @@ import torch
 from jointnet.errors import DataError
 
 __all__ = [
-
     "read_idx",
-    "write_idx",
     "load_fashion_mnist",
     "load_mnist",
     "load_cifar100",
-    "write_cifar100",
     "fashion_mnist_dirs",
     "mnist_dirs",
     "cifar100_dirs",
@@ -107,7 +107,6 @@ _IDX_DTYPES: dict[int, tuple[torch.dtype, int, str]] = {
     0x0D: (torch.float32, 4, "float"),
     0x0E: (torch.float64, 8, "double"),
 }
-_IDX_CODES = {dt: code for code, (dt, _, _) in _IDX_DTYPES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 24
 
@@ -165,9 +164,11 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
             message names the file and what is wrong.
 
     Example:
-        >>> import tempfile, torch
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     print(read_idx(write_idx(d + "/x", torch.tensor([1, -2], dtype=torch.int32))))
+        >>> import struct, tempfile
+        >>> with tempfile.TemporaryDirectory() as d:  # int32 (code 0x0C), 1 dim of 2, then 1, -2
+        ...     path = Path(d, "x")
+        ...     _ = path.write_bytes(bytes([0, 0, 0x0C, 1]) + struct.pack(">I2i", 2, 1, -2))
+        ...     print(read_idx(path))
         tensor([ 1, -2], dtype=torch.int32)
     """
     path = Path(path)
@@ -205,46 +206,6 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
     if itemsize > 1 and sys.byteorder == "little":
         t = t.flip(1).contiguous()  # IDX data are big-endian
     return t.view(dtype).reshape(dims)
-
-
-def write_idx(path: str | os.PathLike, tensor: torch.Tensor) -> Path:
-    """Write `tensor` as an IDX file, gzipped when `path` ends with ``.gz``; returns the path.
-
-    Raises:
-        DataError: the dtype has no IDX code, or the tensor is 0-d.
-
-    Example:
-        >>> import tempfile, torch
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     print(read_idx(write_idx(d + "/y.gz", torch.zeros(2, 3))).shape)
-        torch.Size([2, 3])
-    """
-    path = Path(path)
-    if tensor.dtype not in _IDX_CODES:
-        raise DataError(f"write_idx: dtype {tensor.dtype} has no IDX code; use one of {list(_IDX_CODES)}")
-    if tensor.dim() == 0 or tensor.dim() > 255:
-        raise DataError(f"write_idx: tensor must have 1..255 dims (got {tensor.dim()})")
-    t = tensor.detach().cpu().contiguous()
-    itemsize = t.element_size()
-    raw = t.view(torch.uint8).reshape(-1, itemsize) if t.numel() else torch.empty(0, 1, dtype=torch.uint8)
-    if itemsize > 1 and sys.byteorder == "little":
-        raw = raw.flip(1)
-    header = bytes([0, 0, _IDX_CODES[t.dtype], t.dim()]) + struct.pack(f">{t.dim()}I", *t.shape)
-    payload = header + _tensor_bytes(raw)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as f:
-        f.write(payload)
-    return path
-
-
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    """The bytes of a uint8 tensor, without numpy."""
-    t = t.contiguous().reshape(-1)
-    if t.numel() == 0:
-        return b""
-    out = bytearray(t.numel())
-    torch.frombuffer(out, dtype=torch.uint8).copy_(t)
-    return bytes(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -671,102 +632,6 @@ def load_cifar100(data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     out = dict(_load_cifar100_dir(str(folder)))
     out["source"] = folder
     return out
-
-
-def write_cifar100(
-    folder: str | os.PathLike,
-    *,
-    train: dict[str, Any],
-    test: dict[str, Any],
-    fine_label_names: list[str] | None = None,
-    coarse_label_names: list[str] | None = None,
-) -> Path:
-    """Write a CIFAR-100 python-version folder (``train``, ``test``, ``meta``) in the published format.
-
-    The pickles are byte-for-byte the kind the published files are (protocol 2, Python 2 strings,
-    ``data`` a numpy uint8 array pickled via ``numpy.core.multiarray._reconstruct``), written
-    without numpy. Useful for tiny test fixtures and for subsets.
-
-    Args:
-        folder: created if needed.
-        train, test: ``{"images": uint8 Nx3x32x32, "fine_labels": N ints, "coarse_labels": N ints}``.
-        fine_label_names, coarse_label_names: default ``fine0..fine99``, ``coarse0..coarse19``.
-
-    Returns:
-        `folder` as a Path.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, d in (("train", train), ("test", test)):
-        x = torch.as_tensor(d["images"])
-        if x.dtype != torch.uint8 or tuple(x.shape[1:]) != (3, 32, 32):
-            raise DataError(f"write_cifar100: {split} images must be uint8 Nx3x32x32 (got {x.dtype} {tuple(x.shape)})")
-        n = x.shape[0]
-        obj = {
-            b"batch_label": f"{split} batch".encode(),
-            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
-            b"fine_labels": [int(v) for v in d["fine_labels"]],
-            b"coarse_labels": [int(v) for v in d["coarse_labels"]],
-            b"data": _PyArray(x.reshape(n, 3072)),
-        }
-        (folder / split).write_bytes(_py2_pickle(obj))
-    meta = {
-        b"fine_label_names": [s.encode() for s in (fine_label_names or [f"fine{i}" for i in range(100)])],
-        b"coarse_label_names": [s.encode() for s in (coarse_label_names or [f"coarse{i}" for i in range(20)])],
-    }
-    (folder / "meta").write_bytes(_py2_pickle(meta))
-    return folder
-
-
-class _PyArray:
-    """A uint8 tensor to be written as a numpy array pickle."""
-
-    def __init__(self, t: torch.Tensor):
-        self.t = t
-
-
-def _py2_pickle(obj: Any) -> bytes:
-    """A protocol-2 pickle as Python 2's cPickle writes it: bytes as str (BINSTRING), no memo."""
-    out = bytearray(b"\x80\x02")
-
-    def s(v: Any) -> None:
-        if isinstance(v, dict):
-            out.extend(b"}(")
-            for k, val in v.items():
-                s(k)
-                s(val)
-            out.extend(b"u")
-        elif isinstance(v, list):
-            out.extend(b"](")
-            for item in v:
-                s(item)
-            out.extend(b"e")
-        elif isinstance(v, bool):
-            out.extend(b"\x88" if v else b"\x89")
-        elif isinstance(v, int):
-            out.extend(b"J" + struct.pack("<i", v))
-        elif isinstance(v, bytes):
-            out.extend((b"U" + bytes([len(v)])) if len(v) < 256 else (b"T" + struct.pack("<I", len(v))))
-            out.extend(v)
-        elif isinstance(v, _PyArray):
-            shape = tuple(v.t.shape)
-            out.extend(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n")
-            out.extend(b"J\x00\x00\x00\x00\x85U\x01b\x87R")  # _reconstruct(ndarray, (0,), 'b')
-            out.extend(b"(J\x01\x00\x00\x00(")  # state: (1, shape, dtype, False, data)
-            for d in shape:
-                s(int(d))
-            out.extend(b"t")
-            out.extend(b"cnumpy\ndtype\nU\x02u1J\x00\x00\x00\x00J\x01\x00\x00\x00\x87R")
-            out.extend(b"(J\x03\x00\x00\x00U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffJ\x00\x00\x00\x00tb")
-            out.extend(b"\x89")
-            s(_tensor_bytes(v.t))
-            out.extend(b"tb")
-        else:
-            raise DataError(f"write_cifar100: cannot write {type(v).__name__}")
-
-    s(obj)
-    out.extend(b".")
-    return bytes(out)
 
 
 def clear_cache() -> None:
