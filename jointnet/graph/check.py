@@ -52,9 +52,14 @@ def check(net: JointNet) -> JointNet:
         require(0 <= info.added_at <= net.version, f"task {t!r} was added at {info.added_at}, after version {net.version}")
         _check_route(net, t)
     _check_params(net)
-    for (t, n), _pol in net.policy.items():
+    for (t, n), pol in net.policy.items():
         require(t is None or t in net.tasks, f"policy names unknown task {t!r}")
         require(n in g, f"policy names unknown node {n!r}")
+        infos = net.node(n).spec.params()
+        for name in pol.params:
+            require(name.startswith("mask:") or (name in infos and not infos[name].buffer),
+                    f"policy of node {n!r} names {name!r}, which is no trainable parameter of a "
+                    f"{net.node(n).kind} (nor mask:KIND)")
     return net
 
 
@@ -128,6 +133,7 @@ def _check_params(net: JointNet) -> None:
             ins = [None] + [g.id for g in node.in_groups] if info.in_axis is not None else [None]
             want |= {(name, (o, i)) for o in outs for i in ins}
         have = {}
+        variants: dict[tuple, set] = {}
         for p in node.params:
             where = f"parameter {p.name!r} block {p.block} of node {n!r}"
             require(p.key not in seen, f"tensor key {p.key!r} is used by {seen.get(p.key)!r} and {n!r}")
@@ -136,18 +142,38 @@ def _check_params(net: JointNet) -> None:
             require(p.shape == _block_shape(infos[p.name], node, p.block),
                     f"{where} has shape {p.shape}, wants {_block_shape(infos[p.name], node, p.block)}")
             require(p.buffer == infos[p.name].buffer, f"{where} has the wrong buffer flag")
+            if p.owners is not None:
+                require(p.owners.key not in seen, f"tensor key {p.owners.key!r} is used twice (owner map on {n!r})")
+                seen[p.owners.key] = n
             if p.task is None:
+                require(not infos[p.name].per_task, f"{where} is per-task but has a shared tensor")
                 require((p.name, p.block) not in have, f"{where} appears twice")
                 have[(p.name, p.block)] = p
             else:
                 require(p.task in users, f"{where} is a variant for {p.task!r}, which does not route through it")
-        missing = want - set(have)
+                require(p.task not in variants.setdefault((p.name, p.block), set()), f"{where} has two variants for {p.task!r}")
+                variants[(p.name, p.block)].add(p.task)
+        shared = {w for w in want if not infos[w[0]].per_task}
+        missing = shared - set(have)
         require(not missing, f"node {n!r} lacks parameter blocks {sorted(missing, key=str)}")
+        per_task = [name for name, info in infos.items() if info.per_task]
+        for t in sorted(users) if per_task else ():
+            if net.node(n).kind == "Input":
+                continue
+            for row in net.params_for(t, n).values():  # raises naming task, parameter and node
+                pass
+        masks_seen = set()
         for m in node.masks:
             require(m.key not in seen, f"tensor key {m.key!r} is used twice (mask on {n!r})")
             seen[m.key] = n
             require(m.task in users, f"node {n!r} has a mask for {m.task!r}, which does not route through it")
             require(m.param in infos, f"node {n!r} masks unknown parameter {m.param!r}")
-            full = net.effective_spec(m.task, n).params()[m.param].shape
-            require(all(a <= b for a, b in zip(m.shape, full)),
-                    f"mask of {m.task!r} on {n!r} has shape {m.shape}, larger than {full}")
+            ident = (m.task, m.param, m.kind, m.block)
+            require(ident not in masks_seen, f"node {n!r} has two {m.kind!r} masks of {m.task!r} on {m.param} {m.block}")
+            masks_seen.add(ident)
+            require((m.param, m.block) in want, f"mask of {m.task!r} on {n!r}.{m.param} covers block {m.block}, "
+                                                "which the parameter does not have")
+            block = _block_shape(infos[m.param], node, m.block)
+            full = {"param": block, "kernel": block[:2], "channel": block[:1]}[m.granularity]
+            require(m.shape == full, f"{m.kind} mask of {m.task!r} on {n!r}.{m.param} {m.block} has shape "
+                                     f"{m.shape}, the block's {m.granularity} shape is {full}")

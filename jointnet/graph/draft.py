@@ -52,6 +52,7 @@ class Draft:
         self._keys: set[str] = set()  # keys made by this draft
         self._tag: str | None = None
         self._net: JointNet | None = None
+        self._routed: set[tuple[str, str]] = set()  # (node, task) pairs this draft routed
         self._own_succ: set[str] = set()  # nodes whose adjacency maps this draft copied
         self._own_pred: set[str] = set()
 
@@ -180,6 +181,7 @@ class Draft:
         else:
             self._set_edge(u, v, {"tasks": frozenset({task}), "port": port})
         self.ix.route_edge(u, v, task, port)
+        self._routed.add((v, task))
         self._touch()
 
     def unroute_edge(self, u: str, v: str, task: str) -> int:
@@ -251,10 +253,11 @@ class Draft:
         for n in view.route(task):
             for m in view.node(n).masks:
                 if m.task == task:
-                    full = view.effective_spec(task, n).params()[m.param].shape
-                    if any(a > b for a, b in zip(m.shape, full)):
-                        raise self.error(f"task {task!r}'s mask on {n!r}.{m.param} covers {m.shape}, more "
-                                         f"than the {full} it would see; release the mask first")
+                    o, i = m.block
+                    if (o is not None and o not in view.visible_groups(task, n, "out")) or (
+                            i is not None and i not in view.visible_groups(task, n, "in")):
+                        raise self.error(f"task {task!r}'s {m.kind} mask on {n!r}.{m.param} covers block "
+                                         f"{m.block}, which it would not see; release the mask first")
         return shapes
 
     def require_open(self, task: str) -> TaskInfo:
@@ -295,9 +298,15 @@ class Draft:
             Param(name, self.fresh_key(node_id, name), info.shape, Init.fresh(info.init, info.fan_in),
                   buffer=info.buffer)
             for name, info in spec.params().items()
+            if not info.per_task  # made per task when a task is routed through the node
         )
 
     def finish(self) -> JointNet:
+        from jointnet.graph.ownership import per_task_params
+
+        for n, t in sorted(self._routed):
+            if n in self.g._node and t in self.tasks and any(i.per_task for i in self.node(n).spec.params().values()):
+                per_task_params(self, n, t)
         record = Record(self.name, FrozenDict(freeze(self.kwargs)))
         # The draft is done with its maps: the new net takes them without a copy.
         return self.base.bump(
@@ -333,12 +342,17 @@ def _listing(names: Iterable[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def rewrite(fn: Callable[..., Any]) -> Callable[..., JointNet]:
+def rewrite(fn: Callable[..., Any] | None = None, *, recorded_if_set: tuple[str, ...] = ()) -> Any:
     """Register `fn(draft, /, **kwargs)` as the pure rewrite ``fn.__name__(net, /, **kwargs)``.
 
     `fn` edits the draft in place; returning `NO_CHANGE` means the call is a no-op and the
-    input net is returned as is.
+    input net is returned as is. The log record holds every argument, defaults included, except
+    those named in `recorded_if_set` while they equal their default: arguments added to a rewrite
+    after nets were built with it, so those nets' records, lineages and parameter keys (hence
+    their initial values) stay what they were.
     """
+    if fn is None:
+        return functools.partial(rewrite, recorded_if_set=tuple(recorded_if_set))
     name = fn.__name__
     sig = inspect.signature(fn)
     params = list(sig.parameters.values())[1:]
@@ -367,7 +381,8 @@ def rewrite(fn: Callable[..., Any]) -> Callable[..., JointNet]:
                                kwargs=kwargs, version=net.version)
         full = {**defaults, **kwargs}
         full = {k: full[k] for k in [p.name for p in params]}
-        draft = Draft(net, name, full)
+        recorded = {k: v for k, v in full.items() if not (k in recorded_if_set and v == defaults.get(k))}
+        draft = Draft(net, name, recorded)
         try:
             if fn(draft, **full) is _NO_CHANGE:
                 return net

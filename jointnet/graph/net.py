@@ -18,6 +18,7 @@ and one more log record. Old versions stay valid values.
 from __future__ import annotations
 
 import hashlib
+import math
 import heapq
 from typing import Any
 import itertools
@@ -31,17 +32,22 @@ from jointnet.graph.frozen import FrozenDict
 from jointnet.graph.index import RouteIndex, node_users
 from jointnet.graph.layers import Layer
 from jointnet.graph.names import (
-    MAX_NUMEL, check_float, check_int, check_key, check_name, check_opt_name, check_shape, is_key,
+    MAX_DIM, MAX_NUMEL, check_float, check_int, check_key, check_name, check_opt_name, check_shape, is_key,
 )
 
 __all__ = [
     "Init",
     "Group",
+    "OwnerMap",
     "Param",
+    "MASK_TRANSFORMS",
     "Mask",
     "Node",
     "TaskInfo",
     "NodePolicy",
+    "ParamPolicy",
+    "GradRule",
+    "GRAD_PROVIDERS",
     "TensorRef",
     "Record",
     "Log",
@@ -91,32 +97,65 @@ def _tuple_of(cls):
 
 
 INIT_SCHEMES = ("kaiming", "fan_in_uniform", "normal", "zeros", "ones")
-THRESHOLD_SCHEMES = ("identity", "sigmoid", "hard")
+MASK_TRANSFORMS: set[str] = {"identity", "sigmoid", "hard", "gumbel"}
+"""Registered mask transforms (names); `jointnet.execution.masks` implements them and its
+`register_transform` adds more."""
+
+
+def _block(_inst, a, value) -> None:
+    if type(value) is not tuple or len(value) != 2:
+        raise SpecError(f"{a.name} must be a pair of group ids or None; got {value!r}")
+    for v in value:
+        if v is not None and not is_key(v):
+            check_key(v, a.name)
+
+
+def _indices(value) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)) or len(value) > MAX_DIM:
+        raise SpecError(f"init.index must be a list of at most {MAX_DIM} ints; got {value!r:.80}")
+    for v in value:
+        if type(v) is not int or not 0 <= v < MAX_DIM:
+            raise SpecError(f"init.index must hold ints in [0, {MAX_DIM}); got {value!r:.80}")
+    return tuple(value)
 
 
 @attrs.frozen
 class Init:
-    """How a parameter tensor is made when a store realizes a net.
+    """How a tensor is made when a store realizes a net.
 
-    kind: ``fresh`` (scheme ``kaiming`` / ``fan_in_uniform`` / ``zeros`` / ``ones``, seeded from
-    the store seed and the key, so realization order does not matter), ``copy`` (a clone of the
-    tensor under `src`), or ``threshold`` (``(transform(src) > value)`` as 0/1 floats, for
-    committing masks).
+    kind:
+
+    - ``fresh``: scheme ``kaiming`` / ``fan_in_uniform`` / ``normal`` / ``zeros`` / ``ones``,
+      seeded from the store seed and the key, so realization order does not matter;
+    - ``copy``: a clone of the tensor under `src`;
+    - ``threshold``: ``transform(src) > value`` (scheme: the mask transform), as packed bits
+      (committing a mask);
+    - ``slice``: the entries `index` of `src` along `axis` (compaction). When `src_shape` is set,
+      `src` holds packed bits of that shape and so does the result.
     """
 
-    kind: str = attrs.field(validator=attrs.validators.in_(("fresh", "copy", "threshold")))
+    kind: str = attrs.field(validator=attrs.validators.in_(("fresh", "copy", "threshold", "slice")))
     scheme: str = "zeros"
     fan_in: int = attrs.field(default=1, validator=lambda _i, a, v: check_int(v, "init.fan_in", 1, MAX_NUMEL))
     src: str | None = attrs.field(default=None, validator=_opt_key)
     value: float = attrs.field(default=0.0, validator=lambda _i, a, v: check_float(v, "init.value"))
+    axis: int = attrs.field(default=0, validator=lambda _i, a, v: check_int(v, "init.axis", 0, 7))
+    index: tuple[int, ...] = attrs.field(default=(), converter=_indices)
+    src_shape: tuple[int, ...] = attrs.field(default=(), converter=lambda v: check_shape(v, "init.src_shape") if v else ())
 
     def __attrs_post_init__(self) -> None:
-        schemes = {"fresh": INIT_SCHEMES, "copy": ("zeros",), "threshold": THRESHOLD_SCHEMES}[self.kind]
+        if self.kind == "threshold":
+            check_name(self.scheme, "init.scheme")  # a mask transform (see `_transform`)
+            schemes = (self.scheme,)
+        else:
+            schemes = {"fresh": INIT_SCHEMES, "copy": ("zeros",), "slice": ("zeros",)}[self.kind]
         if self.scheme not in schemes:
             raise SpecError(f"init.scheme of a {self.kind!r} init must be one of {', '.join(schemes)}; "
                             f"got {self.scheme!r}")
-        if (self.src is None) == (self.kind in ("copy", "threshold")):
+        if (self.src is None) == (self.kind != "fresh"):
             raise SpecError(f"init.src must be {'a key' if self.src is None else 'nil'} for a {self.kind!r} init")
+        if self.kind == "slice" and not self.index:
+            raise SpecError("init.index of a 'slice' init must name at least one entry")
 
     @classmethod
     def fresh(cls, scheme: str, fan_in: int = 1) -> "Init":
@@ -125,6 +164,11 @@ class Init:
     @classmethod
     def copy(cls, src: str) -> "Init":
         return cls("copy", src=src)
+
+    @property
+    def packed(self) -> bool:
+        """Whether the tensor it makes holds packed bits (a committed mask)."""
+        return self.kind == "threshold" or bool(self.src_shape)
 
 
 @attrs.frozen
@@ -140,7 +184,8 @@ class Group:
 
     A group is visible to a task iff the task's route goes through a producer holding the group
     and the task is its owner or was added after the group was created: widening never changes
-    what an existing task computes, except the owner's.
+    what an existing task computes, except the owner's. Nodes widened together (a residual
+    stream) hold the same group id.
     """
 
     id: str = attrs.field(validator=_key)
@@ -150,12 +195,33 @@ class Group:
 
 
 @attrs.frozen
+class OwnerMap:
+    """Which task owns each element, kernel or output channel of a parameter block.
+
+    An int32 tensor in the store under `key`: 0 = free, else the owning task's ``added_at``
+    (unique per task, increasing in task order). `granularity`: ``param`` (the block's shape),
+    ``kernel`` (its first two axes: per (out, in) pair) or ``channel`` (its first axis). Core
+    data for PackNet's and GROWN's per-weight / per-kernel ownership; strategies write it with
+    `ParamStore.update`, a rewrite (`set_owner_map`) attaches a new one.
+    """
+
+    key: str = attrs.field(validator=_key)
+    granularity: str = attrs.field(validator=attrs.validators.in_(("param", "kernel", "channel")))
+    init: Init = attrs.field(default=Init("fresh", scheme="zeros"), validator=_is(Init))
+
+    def shape(self, param_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return {"param": param_shape, "kernel": param_shape[:2], "channel": param_shape[:1]}[self.granularity]
+
+
+@attrs.frozen
 class Param:
     """One tensor of a node: a block of a logical parameter (``weight``, ``bias``, ...).
 
     `block` = (out group id, in group id), None meaning the node's base channels. `task` set means
-    a per-task variant used instead of the shared one by that task only (per-task BN, generator
-    tensors). `owner` is the task that owns the tensor; None means "whoever uses the node".
+    a per-task variant used instead of the shared one by that task only (per-task BN, gate
+    embeddings, LASEM's generator tensors); a parameter its kind declares ``per_task`` exists only
+    as such variants. `owner` is the task that owns the tensor; None means "whoever uses the
+    node". `owners`: per-element / per-kernel ownership (`OwnerMap`), or None.
     """
 
     name: str = attrs.field(validator=_name)
@@ -164,17 +230,10 @@ class Param:
     init: Init = attrs.field(validator=_is(Init))
     owner: str | None = attrs.field(default=None, validator=_opt_name)
     task: str | None = attrs.field(default=None, validator=_opt_name)
-    block: tuple[str | None, str | None] = attrs.field(default=(None, None))
+    block: tuple[str | None, str | None] = attrs.field(default=(None, None), validator=_block)
     buffer: bool = attrs.field(default=False, validator=_is(bool))
     annotations: FrozenDict = attrs.field(default=FrozenDict(), validator=_is(FrozenDict))
-
-    @block.validator
-    def _check_block(self, _a, value) -> None:
-        if type(value) is not tuple or len(value) != 2:
-            raise SpecError(f"block must be a pair of group ids or None; got {value!r}")
-        for v in value:
-            if v is not None and not is_key(v):
-                check_key(v, "block")
+    owners: OwnerMap | None = attrs.field(default=None, validator=_is(OwnerMap, type(None)))
 
     @property
     def numel(self) -> int:
@@ -184,25 +243,40 @@ class Param:
         return n
 
 
+def _transform(_inst, a, value) -> None:
+    # A name only, as for gradient-rule providers: a transform registered by a plugin need not be
+    # imported to load a net; compiling one nobody registered is a CompileError.
+    check_name(value, "transform")
+
+
 @attrs.frozen
 class Mask:
-    """A per-task multiplicative mask over a node's parameter `param` (default ``weight``).
+    """A per-task multiplicative mask over one block of a node's parameter `param`.
+
+    Masks are keyed by (task, param, kind, block): several kinds may cover one parameter (GROWN's
+    selective, attentive and grown masks) and they multiply. A mask covers the blocks it was
+    attached to (its channel-group domain); blocks grown later are unmasked. Within its block,
+    `where` (a store key of a bool tensor of `shape`, or None for all) limits it to a kernel /
+    element index set: elsewhere the multiplier is 1.
 
     granularity: ``param`` (one value per element), ``kernel`` (per (out, in) pair, conv) or
     ``channel`` (per output channel). transform: how the stored tensor becomes the multiplier
-    (``identity``, ``sigmoid``, ``hard`` = step at 0). A ``live`` mask is trainable; `commit_mask`
-    makes a ``committed`` 0/1 buffer. `shape` is the mask tensor's shape, fixed when it was
-    attached; channels grown later are left unmasked.
+    (`MASK_TRANSFORMS`: ``identity``, ``sigmoid``, ``hard`` = step at 0, ``gumbel`` = binary
+    concrete with a straight-through hard sample). A ``live`` mask is trainable; `commit_mask`
+    makes a ``committed`` one: packed bits, immutable.
     """
 
     task: str = attrs.field(validator=_name)
     param: str = attrs.field(validator=_name)
     key: str = attrs.field(validator=_key)
     granularity: str = attrs.field(validator=attrs.validators.in_(("param", "kernel", "channel")))
-    transform: str = attrs.field(validator=attrs.validators.in_(THRESHOLD_SCHEMES))
+    transform: str = attrs.field(validator=_transform)
     state: str = attrs.field(validator=attrs.validators.in_(("live", "committed")))
     shape: tuple[int, ...] = attrs.field(converter=_shape)
     init: Init = attrs.field(default=Init("fresh", scheme="ones"), validator=_is(Init))
+    kind: str = attrs.field(default="mask", validator=_name)
+    block: tuple[str | None, str | None] = attrs.field(default=(None, None), validator=_block)
+    where: str | None = attrs.field(default=None, validator=_opt_key)
 
 
 @attrs.frozen
@@ -229,41 +303,100 @@ class Node:
                 return p
         return None
 
-    def mask(self, task: str, param: str = "weight") -> Mask | None:
+    def masks_of(self, task: str, param: str | None = None, kind: str | None = None) -> list[Mask]:
+        """`task`'s masks on this node (on `param`, of `kind`, when given)."""
+        return [m for m in self.masks if m.task == task and (param is None or m.param == param)
+                and (kind is None or m.kind == kind)]
+
+    def mask(self, task: str, param: str = "weight", kind: str = "mask",
+             block: tuple = (None, None)) -> Mask | None:
+        """`task`'s mask of `kind` on `param`'s `block`, or None."""
         for m in self.masks:
-            if m.task == task and m.param == param:
+            if m.task == task and m.param == param and m.kind == kind and m.block == block:
                 return m
         return None
 
     def base_width(self, axis: str) -> int:
         """Channels of the node that belong to no grown group (axis ``out`` or ``in``)."""
         groups = self.out_groups if axis == "out" else self.in_groups
-        return _width(self.spec, axis) - sum(g.size for g in groups)
-
-
-def _width(spec: Layer, axis: str) -> int:
-    names = ("out_ch", "out_f", "num_features") if axis == "out" else ("in_ch", "in_f", "num_features")
-    for n in names:
-        if hasattr(spec, n):
-            return getattr(spec, n)
-    return 0
+        return self.spec.width(axis) - sum(g.size for g in groups)
 
 
 @attrs.frozen
 class TaskInfo:
-    """A registered task: its input node, its head (None while the route is being built), and
-    the version at which it was added (channel groups created later are visible to it)."""
+    """A registered task: its input node, its head (None while the route is being built), the
+    version at which it was added (channel groups created later are visible to it; also the
+    task's number in `OwnerMap`s), and `context`: how its inference runs (`Context` fields such
+    as ``gate_scale``, set with `set_context`)."""
 
     name: str = attrs.field(validator=_name)
     input: str = attrs.field(validator=_name)
     added_at: int = attrs.field(validator=_nonneg)
     head: str | None = attrs.field(default=None, validator=_opt_name)
     annotations: FrozenDict = attrs.field(default=FrozenDict(), validator=_is(FrozenDict))
+    context: FrozenDict = attrs.field(default=FrozenDict(), validator=_is(FrozenDict))
+
+    @context.validator
+    def _check_context(self, _a, value) -> None:
+        for k, v in value.items():
+            check_name(k, "context key")
+            if type(v) is not bool and not (type(v) in (int, float) and math.isfinite(v)):
+                raise SpecError(f"context value {k!r} must be a finite number or a bool; got {v!r}")
+
+
+GRAD_PROVIDERS: set[str] = {"owned"}
+"""Registered gradient-rule providers (names); `jointnet.execution.optim` implements them and
+its `register_provider` adds more (HAT's conditioning, SPG's importance)."""
+
+
+@attrs.frozen
+class GradRule:
+    """How training transforms one parameter block's gradient or update, entry by entry.
+
+    kind ``multiply``: by a multiplier broadcast to the block, applied to the gradient before the
+    optimizer step (`apply` ``grad``: SPG's soft masks, HAT's conditioning) or to the step itself
+    after it (``update``: ``new = old + m * (stepped - old)``, so a 0 keeps an entry bit-identical
+    under momentum and weight decay). kind ``freeze``: a bool mask of entries that keep their
+    values exactly (their gradient is zeroed, so no momentum builds, and their values are put
+    back after every step: PackNet's and GROWN's frozen weights).
+
+    The multiplier or mask is the store tensor `tensor`, or computed when training starts by the
+    registered provider `provider` (``owned``: freeze the entries another task owns, from the
+    block's `OwnerMap`). `block`: the parameter block it applies to.
+    """
+
+    kind: str = attrs.field(validator=attrs.validators.in_(("multiply", "freeze")))
+    tensor: str | None = attrs.field(default=None, validator=_opt_key)
+    provider: str | None = attrs.field(default=None)
+    apply: str = attrs.field(default="grad", validator=attrs.validators.in_(("grad", "update")))
+    block: tuple[str | None, str | None] = attrs.field(default=(None, None), validator=_block)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.tensor is None) == (self.provider is None):
+            raise SpecError("a gradient rule takes a tensor key or a provider, not both or neither")
+        if self.provider is not None:
+            # Only the name is checked here: a net is data, and a provider is code that the strategy
+            # defining it registers when imported (a snapshot must load without it); training
+            # refuses a provider nobody registered.
+            check_name(self.provider, "provider")
+
+
+@attrs.frozen
+class ParamPolicy:
+    """How one parameter of a node trains (None: as the node's policy says), and its rules."""
+
+    frozen: bool | None = attrs.field(default=None, validator=_is(bool, type(None)))
+    lr_scale: float | None = attrs.field(
+        default=None, converter=lambda v: None if v is None else check_float(v, "lr_scale", 0.0))
+    rules: tuple[GradRule, ...] = attrs.field(default=(), validator=_tuple_of(GradRule))
 
 
 @attrs.frozen
 class NodePolicy:
-    """How a node trains for a task: frozen or not, and a learning-rate scale.
+    """How a node trains for a task: frozen or not, a learning-rate scale, and per parameter
+    (`params`: name -> `ParamPolicy`; a name is a parameter of the node's kind, or ``mask:KIND``
+    for the training task's live masks of that kind) its own frozen flag, scale and gradient
+    rules, which win over the node's.
 
     `keep_owned`: with `frozen`, the training task's own tensors on the node (channels it grew,
     its per-task variants, its live masks) still train; only what others share is frozen.
@@ -272,6 +405,21 @@ class NodePolicy:
     frozen: bool = attrs.field(default=False, validator=_is(bool))
     lr_scale: float = attrs.field(default=1.0, converter=lambda v: check_float(v, "lr_scale", 0.0))
     keep_owned: bool = attrs.field(default=False, validator=_is(bool))
+    params: "FrozenDict[str, ParamPolicy]" = attrs.field(default=FrozenDict(), validator=_is(FrozenDict))
+
+    @params.validator
+    def _check_params(self, _a, value) -> None:
+        for k, v in value.items():
+            check_name(k, "policy parameter")
+            if type(v) is not ParamPolicy:
+                raise SpecError(f"policy of parameter {k!r} must be a ParamPolicy; got {v!r}")
+
+    def param(self, name: str) -> ParamPolicy:
+        """The policy of parameter `name` (empty when it has none)."""
+        return self.params.get(name, _NO_PARAM_POLICY)
+
+
+_NO_PARAM_POLICY = ParamPolicy()
 
 
 DEFAULT_POLICY = NodePolicy()
@@ -511,10 +659,14 @@ class JointNet:
 
     def policy_for(self, task: "str | RouteView", node_id: str) -> NodePolicy:
         """The train policy of `node_id` when training `task` (task entry, then all-task entry)."""
-        p = self.policy.get((self.task_of(task), node_id))
-        if p is None:
-            p = self.policy.get((None, node_id), DEFAULT_POLICY)
-        return p
+        own = self.policy.get((self.task_of(task), node_id))
+        every = self.policy.get((None, node_id))
+        if own is None:
+            return every or DEFAULT_POLICY
+        if every is None or not every.params:
+            return own
+        # Node-level fields: the task's entry; parameters: the task's entry over every task's.
+        return attrs.evolve(own, params=FrozenDict({**every.params, **own.params}))
 
     # ---- channel groups -----------------------------------------------------------------------
 
@@ -555,15 +707,17 @@ class JointNet:
             return n.spec
         hidden_out = sum(g.size for g in n.out_groups if not self.group_visible(task, g))
         hidden_in = sum(g.size for g in n.in_groups if not self.group_visible(task, g))
-        if n.spec.kind == "BatchNorm":
-            return attrs.evolve(n.spec, num_features=n.spec.num_features - hidden_out)
         return n.spec.widened(out=-hidden_out, in_=-hidden_in)
 
-    def params_for(self, task: str, node_id: str) -> dict[str, list[list[Param]]]:
+    def params_for(self, task: "str | RouteView", node_id: str) -> dict[str, list[list[Param]]]:
         """The parameter blocks `task` uses on `node_id`, as a grid per logical parameter.
 
         Rows follow the visible out groups, columns the visible in groups; a per-task variant
-        replaces the shared tensor of the same block.
+        replaces the shared tensor of the same block (and is the only one of a ``per_task``
+        parameter).
+
+        Raises:
+            InvariantError: a block has neither a shared tensor nor one of `task`'s own.
         """
         n = self.node(node_id)
         outs = self.visible_groups(task, node_id, "out")
@@ -580,7 +734,11 @@ class JointNet:
         for name, info in n.spec.params().items():
             rows = outs if info.out_axis is not None else [None]
             cols = ins if info.in_axis is not None else [None]
-            grid[name] = [[by_block[(name, (o, i))] for i in cols] for o in rows]
+            try:
+                grid[name] = [[by_block[(name, (o, i))] for i in cols] for o in rows]
+            except KeyError:
+                raise InvariantError(f"task {owner!r} has no {name!r} on node {node_id!r}: no shared "
+                                     "tensor and none of its own") from None
         return grid
 
     # ---- equality and display -----------------------------------------------------------------

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import networkx as nx
 
 from jointnet.errors import SpecError
 from jointnet.graph.draft import NO_CHANGE, Draft, rewrite
@@ -259,7 +258,9 @@ def clone_node(
         for row in rows:
             for p in row:
                 make = Init.copy(p.key) if init == "copy" else Init.fresh(info.init, info.fan_in)
+                # A per-task parameter stays the task's own (its kind has no shared one).
                 params.append(Param(name, d.fresh_key(clone_id, name), p.shape, make,
+                                    task=task if info.per_task else None, owner=task if info.per_task else None,
                                     block=p.block, buffer=p.buffer, annotations=p.annotations))
     node_obj = Node(
         clone_id,
