@@ -1,11 +1,15 @@
 """The trainer: one task of a net, trained from the net's train policy and a strategy's hooks.
 
-- Optimizer parameter groups come from the policy (`jointnet.execution.optim.param_groups`): frozen nodes
-  are left out, every other node trains at ``lr * lr_scale``.
-- A strategy plugs in through `Hooks`: an extra loss term (EWC, LwF, HAT), a gradient transform
-  between ``backward()`` and ``step()`` (SPG, HAT, PackNet), a step callback, a per-batch
-  context (HAT's annealed ``s``), and optionally its own training forward plus extra optimizer
-  groups for tensors off the task's route (LwF: old heads trained through a multi-task forward).
+- What trains, at which rate and under which gradient rules comes from the net's train policy
+  (`jointnet.execution.optim.train_plan`): frozen tensors are left out and carry no gradient,
+  the rest train at ``lr * lr_scale``; multiplier and freeze rules apply around every step.
+- A strategy plugs in through `Hooks`: the batch's `Context` (HAT's annealed gate scale), an
+  extra loss term (EWC, LwF, HAT), a gradient transform after the policy's rules (HAT's
+  embedding compensation and clipping), a step callback, and optionally its own training
+  forward plus extra optimizer groups for tensors off the task's route (LwF: old heads trained
+  through a multi-task forward).
+- Optimizers: SGD, Adam, RMSprop. A loss that is not finite stops training with an error naming
+  task, epoch and batch (``allow_nonfinite`` lets it go on).
 - Early stopping on validation accuracy keeps the best weights of the tensors being trained; LR
   schedules: none, cosine, step, or plateau (divide by `lr_factor` after `lr_patience` epochs
   without improvement, stop below `min_lr`, as HAT's and PackNet's code do).
@@ -28,7 +32,8 @@ from jointnet.execution.compile import compile_net
 from jointnet.errors import JointNetError
 from jointnet.graph.net import JointNet
 from jointnet.execution.store import ParamStore
-from jointnet.execution.optim import param_groups
+from jointnet.execution.optim import train_plan
+from jointnet.execution.program import Context, task_context
 
 __all__ = ["TrainConfig", "Hooks", "TrainResult", "train_task", "accuracy", "predict"]
 
@@ -40,7 +45,7 @@ class TrainConfig:
     epochs: int = attrs.field(default=5, validator=attrs.validators.ge(0))
     batch_size: int = attrs.field(default=64, validator=attrs.validators.gt(0))
     lr: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))
-    optimizer: str = attrs.field(default="sgd", validator=attrs.validators.in_(("sgd", "adam")))
+    optimizer: str = attrs.field(default="sgd", validator=attrs.validators.in_(("sgd", "adam", "rmsprop")))
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = attrs.field(default="none", validator=attrs.validators.in_(("none", "cosine", "step", "plateau")))
@@ -55,32 +60,40 @@ class TrainConfig:
     progress: bool = False
     eval_batch_size: int = 1024
     seed: int = 0
+    allow_nonfinite: bool = False  # go on when the loss is NaN or infinite (default: stop with an error)
 
 
 class Hooks:
-    """What a strategy may add to training; every method is optional (defaults do nothing)."""
+    """What a strategy may add to training; every method is optional (defaults do nothing).
 
-    def extra_loss(self, module, x, y, logits, ctx: dict) -> torch.Tensor | None:
+    ``info`` is a dict describing the batch: ``training``, ``batch``, ``n_batches``, ``epoch``,
+    ``task``; a hook may stash values in it for later hooks of the same batch.
+    """
+
+    def context(self, info: dict) -> Context | None:
+        """The `Context` of this batch's forward pass (HAT's annealed gate scale), or None for
+        the task's own (`task_context`) in train or eval mode."""
         return None
 
-    def transform_grads(self, module, ctx: dict) -> None:
-        return None
-
-    def after_step(self, module, ctx: dict) -> None:
-        return None
-
-    def batch_context(self, module, ctx: dict) -> None:
-        """Called before each forward with ctx['batch'], ctx['n_batches'], ctx['epoch'], ctx['training']."""
-        return None
-
-    def forward(self, module, x, ctx: dict) -> torch.Tensor:
+    def forward(self, module, x, info: dict, ctx: Context) -> torch.Tensor:
         """The training forward pass of one batch; returns the trained task's logits.
 
-        Default ``module(x)``. A strategy may run another module that shares the store's tensors
-        (LwF: one multi-task forward computing the shared trunk once) and stash the other
-        outputs in `ctx` for `extra_loss`.
+        Default ``module(x, ctx)``. A strategy may run another module that shares the store's
+        tensors (LwF: one multi-task forward computing the shared trunk once) and stash the
+        other outputs in `info` for `extra_loss`.
         """
-        return module(x)
+        return module(x, ctx)
+
+    def extra_loss(self, module, x, y, logits, info: dict) -> torch.Tensor | None:
+        return None
+
+    def transform_grads(self, module, info: dict) -> None:
+        """After backward and the policy's gradient rules, before the optimizer step."""
+        return None
+
+    def after_step(self, module, info: dict) -> None:
+        """After the optimizer step and the policy's update rules."""
+        return None
 
     def extra_param_groups(self, net, store, task: str, lr: float) -> list[dict]:
         """Optimizer groups (``{"params", "lr", "name"}``) for tensors off `task`'s route that the
@@ -102,23 +115,32 @@ def _batches(n: int, size: int, gen: torch.Generator | None):
 
 @torch.no_grad()
 def predict(module, x: torch.Tensor, batch_size: int = 1024, device: str = "cpu",
-            hooks: Hooks | None = None) -> torch.Tensor:
-    """Logits of `module` (in eval mode) on `x`, batched."""
+            context: Context | None = None) -> torch.Tensor:
+    """Logits of `module` on `x`, batched, in eval mode (`context`: the call's `Context`;
+    default the module's own, i.e. its task's recorded inference context)."""
     was = module.training
     module.eval()
+    ctx = context.with_training(False) if context is not None else None
     outs = []
     for i in range(0, len(x), batch_size):
-        if hooks is not None:
-            hooks.batch_context(module, {"training": False, "batch": 0, "n_batches": 1, "epoch": 0})
-        outs.append(module(x[i : i + batch_size].to(device)).float().cpu())
+        outs.append(module(x[i : i + batch_size].to(device), ctx).float().cpu())
     module.train(was)
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def accuracy(module, x, y, batch_size=1024, device="cpu", hooks: Hooks | None = None) -> float:
+def accuracy(module, x, y, batch_size=1024, device="cpu", context: Context | None = None) -> float:
     if len(x) == 0:
         return float("nan")
-    return float((predict(module, x, batch_size, device, hooks).argmax(1) == y).float().mean())
+    return float((predict(module, x, batch_size, device, context).argmax(1) == y).float().mean())
+
+
+def _optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    # LASEM's code trains with RMSprop (LASEM spec §3).
+    return torch.optim.RMSprop(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def train_task(
@@ -133,33 +155,32 @@ def train_task(
     task_index: int = 0,
     echo: Callable[[str], Any] | None = None,
 ) -> TrainResult:
-    """Train `task` of `net` on `train` = (x, y); returns the epoch history.
+    """Train `task` of `net` on `train` = (x, y) under its train policy; returns the history.
+
+    The policy gives the optimizer groups, the gradient rules and which tensors carry no gradient
+    (`jointnet.execution.optim.train_plan`); `hooks` add what the method needs on top.
 
     Raises:
-        JointNetError: unknown task, or every tensor of the task frozen while epochs > 0.
+        JointNetError: unknown task, every tensor of the task frozen while epochs > 0, or a loss
+            that is not finite (unless ``config.allow_nonfinite``), naming task, epoch and batch.
     """
     hooks = hooks or Hooks()
     device = config.device
     module = compile_net(net, store, task)
-    groups = param_groups(net, store, task, config.lr)
-    extra_groups = getattr(hooks, "extra_param_groups", None)
-    if extra_groups is not None:
-        groups = groups + list(extra_groups(net, store, task, config.lr))
-    forward = getattr(hooks, "forward", None) or (lambda m, xb, ctx: m(xb))
+    tp = train_plan(net, store, task, config.lr)
+    groups = tp.groups + list(hooks.extra_param_groups(net, store, task, config.lr))
     result = TrainResult()
     if config.epochs == 0:
         return result
     if not groups:
         raise JointNetError(f"train_task: every node of task {task!r} is frozen; nothing to train")
     params = [p for g in groups for p in g["params"]]
-    if config.optimizer == "sgd":
-        opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    else:
-        opt = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    opt = _optimizer(config, groups)
     base_lrs = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + task_index)
     x, y = train
     amp = config.amp and str(device).startswith("cuda")
+    train_ctx = task_context(net, task, training=True)
     best_val, best_state, bad_epochs, plateau_bad = -1.0, None, 0, 0
     lr_mult = 1.0
     bar = None
@@ -167,67 +188,75 @@ def train_task(
         from tqdm import tqdm
 
         bar = tqdm(total=config.epochs, desc=f"task {task}", unit="epoch", leave=False, file=sys.stderr)
-    for epoch in range(config.epochs):
-        if config.schedule == "cosine":
-            lr_mult = 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
-        elif config.schedule == "step":
-            lr_mult = 0.1 ** (epoch // config.step_size)
-        for g, base in zip(opt.param_groups, base_lrs):
-            g["lr"] = base * lr_mult
-        module.train()
-        batches = _batches(len(x), config.batch_size, gen)
-        total_loss, correct, seen = 0.0, 0, 0
-        for b, idx in enumerate(batches):
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            ctx = {"training": True, "batch": b, "n_batches": len(batches), "epoch": epoch, "task": task}
-            hooks.batch_context(module, ctx)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                logits = forward(module, xb, ctx)
-                loss = F.cross_entropy(logits.float(), yb)
-                extra = hooks.extra_loss(module, xb, yb, logits, ctx)
-                if extra is not None:
-                    loss = loss + extra
-            loss.backward()
-            hooks.transform_grads(module, ctx)
-            if config.clip_grad:
-                torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
-            opt.step()
-            hooks.after_step(module, ctx)
-            total_loss += float(loss.detach()) * len(idx)
-            correct += int((logits.detach().argmax(1) == yb).sum())
-            seen += len(idx)
-        entry = {"epoch": epoch, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
-                 "lr": opt.param_groups[-1]["lr"]}
-        if val is not None and len(val[0]):
-            entry["val_acc"] = accuracy(module, val[0], val[1], config.eval_batch_size, device, hooks)
-        result.history.append(entry)
-        result.epochs_run = epoch + 1
-        if bar is not None:
-            bar.set_postfix(loss=f"{entry['loss']:.3f}", acc=f"{entry['train_acc']:.3f}",
-                            val=f"{entry.get('val_acc', float('nan')):.3f}")
-            bar.update(1)
-        if echo is not None:
-            echo(f"task {task} epoch {epoch + 1}/{config.epochs} loss {entry['loss']:.4f} "
-                 f"acc {entry['train_acc']:.4f} val {entry.get('val_acc', float('nan')):.4f}")
-        v = entry.get("val_acc")
-        if v is not None:
-            if v > best_val:
-                best_val, bad_epochs, plateau_bad = v, 0, 0
-                if config.patience is not None or config.schedule == "plateau":
-                    best_state = [p.detach().clone() for p in params]
-            else:
-                bad_epochs += 1
-                plateau_bad += 1
-            if config.schedule == "plateau" and plateau_bad >= config.lr_patience:
-                lr_mult /= config.lr_factor
-                plateau_bad = 0
-                if best_state is not None:
-                    _restore(params, best_state)
-                if config.lr * lr_mult < config.min_lr:
+    with tp.training():
+        for epoch in range(config.epochs):
+            if config.schedule == "cosine":
+                lr_mult = 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
+            elif config.schedule == "step":
+                lr_mult = 0.1 ** (epoch // config.step_size)
+            for g, base in zip(opt.param_groups, base_lrs):
+                g["lr"] = base * lr_mult
+            module.train()
+            batches = _batches(len(x), config.batch_size, gen)
+            total_loss, correct, seen = 0.0, 0, 0
+            for b, idx in enumerate(batches):
+                xb, yb = x[idx].to(device), y[idx].to(device)
+                info = {"training": True, "batch": b, "n_batches": len(batches), "epoch": epoch, "task": task}
+                ctx = hooks.context(info) or train_ctx
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    logits = hooks.forward(module, xb, info, ctx)
+                    loss = F.cross_entropy(logits.float(), yb)
+                    extra = hooks.extra_loss(module, xb, yb, logits, info)
+                    if extra is not None:
+                        loss = loss + extra
+                if not config.allow_nonfinite and not bool(torch.isfinite(loss.detach())):
+                    raise JointNetError(
+                        f"task {task!r}: the loss is {float(loss):.4g} at epoch {epoch + 1}, batch {b + 1}; "
+                        "lower the learning rate (or a strategy's loss weight), or set allow_nonfinite")
+                loss.backward()
+                tp.before_step()
+                hooks.transform_grads(module, info)
+                if config.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
+                opt.step()
+                tp.after_step()
+                hooks.after_step(module, info)
+                total_loss += float(loss.detach()) * len(idx)
+                correct += int((logits.detach().argmax(1) == yb).sum())
+                seen += len(idx)
+            entry = {"epoch": epoch, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
+                     "lr": opt.param_groups[-1]["lr"]}
+            if val is not None and len(val[0]):
+                entry["val_acc"] = accuracy(module, val[0], val[1], config.eval_batch_size, device,
+                                            hooks.context({"training": False, "task": task}))
+            result.history.append(entry)
+            result.epochs_run = epoch + 1
+            if bar is not None:
+                bar.set_postfix(loss=f"{entry['loss']:.3f}", acc=f"{entry['train_acc']:.3f}",
+                                val=f"{entry.get('val_acc', float('nan')):.3f}")
+                bar.update(1)
+            if echo is not None:
+                echo(f"task {task} epoch {epoch + 1}/{config.epochs} loss {entry['loss']:.4f} "
+                     f"acc {entry['train_acc']:.4f} val {entry.get('val_acc', float('nan')):.4f}")
+            v = entry.get("val_acc")
+            if v is not None:
+                if v > best_val:
+                    best_val, bad_epochs, plateau_bad = v, 0, 0
+                    if config.patience is not None or config.schedule == "plateau":
+                        best_state = [p.detach().clone() for p in params]
+                else:
+                    bad_epochs += 1
+                    plateau_bad += 1
+                if config.schedule == "plateau" and plateau_bad >= config.lr_patience:
+                    lr_mult /= config.lr_factor
+                    plateau_bad = 0
+                    if best_state is not None:
+                        _restore(params, best_state)
+                    if config.lr * lr_mult < config.min_lr:
+                        break
+                if config.patience is not None and bad_epochs >= config.patience:
                     break
-            if config.patience is not None and bad_epochs >= config.patience:
-                break
     if bar is not None:
         bar.close()
     if best_state is not None:
