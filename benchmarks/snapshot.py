@@ -9,6 +9,11 @@ Two cases, each timed `--repeats` times (median reported):
   nodes (several tasks, each with its own input and a chain of Linear/ReLU layers and a head),
   including the `check(net)` that `load` runs. Target: < 100 ms.
 
+Each repeat times every step once, after ``os.sync()`` (so no call pays for, or gets away with,
+the writeback of an earlier file). Torch's intra-op threads are set explicitly
+(``--threads``); the snapshot's CRC-32 uses libdeflate when the system has it, else zlib, and
+helper threads when the process may use more than one CPU (the header says which).
+
 Run: ``python benchmarks/snapshot.py`` (``--help`` for the options). Prints a markdown table.
 """
 
@@ -27,8 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import header  # noqa: E402
+
 from jointnet import backbones, snapshot  # noqa: E402
 from jointnet.graph.net import JointNet  # noqa: E402
+from jointnet.persistence import fileio  # noqa: E402
 from jointnet.execution.store import ParamStore  # noqa: E402
 from jointnet.graph import add_head, add_input, add_node, add_task  # noqa: E402
 
@@ -73,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", type=int, default=10_000_000, help="parameters of the tensor case")
     ap.add_argument("--nodes", type=int, default=1000, help="nodes of the structure case")
     ap.add_argument("--repeats", type=int, default=9, help="timed repeats per measurement")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (torch.set_num_threads)")
     ap.add_argument("--dir", default=None, help="where to write the files (default: a temp dir)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="jointnet-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -144,9 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     struct_size = os.path.getsize(struct_path) / 2**10
 
     ms = lambda s: f"{s * 1000:.1f}"  # noqa: E731
-    print(f"snapshot benchmark: torch {torch.__version__}, {os.cpu_count()} CPUs, {args.repeats} repeats "
-          f"(median, and best; os.sync() before each timed call), files in {workdir}")
-    print()
+    crc = (f"CRC-32 by {'libdeflate' if fileio.fast_crc32_available() else 'zlib'}, with helper threads "
+           f"only while CPUs are idle ({fileio.crc_helpers()} at the end of the run)")
+    header(False, f"{args.repeats} repeats (median, and best; os.sync() before each timed call); {crc}; "
+                  f"files in {workdir}\n")
     print("| case | what | save ms | load ms | save+load ms | best save+load ms | file | ratio (median) / target |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     print(f"| tensors | snapshot, MLP {n_params / 1e6:.1f}M params ({mbytes:.0f} MiB, {len(tensors)} tensors) "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import threading
@@ -34,7 +35,7 @@ from jointnet.graph import (
     clone_node,
     commit_mask,
     freeze,
-    per_task_bn,
+    own_param,
     set_lr_scale,
     widen,
 )
@@ -67,7 +68,7 @@ def rewritten(name: str) -> tuple[JointNet, ParamStore]:
     net = commit_mask(net, node=grow, task="t2", threshold=0.25)
     net = widen(net, node=grow, k=2, task="t2")
     if bn is not None:
-        net = per_task_bn(net, node=bn, task="t2")
+        net = own_param(net, node=bn, task="t2")
     net = freeze(net, nodes=[clone], task="t1")
     net = set_lr_scale(net, nodes=grow, scale=0.25, task="t2")
     net = set_lr_scale(net, nodes=[grow], scale=0.5)
@@ -171,7 +172,7 @@ def test_snapshots_are_byte_stable_and_one_msgpack_object():
     assert snapshot.dumps(net2, store2) == data
     obj = msgpack.unpackb(data)  # the whole file is a single msgpack map
     assert list(obj) == ["format", "format_version", "net", "store", "tensors", "data", "crc32"]
-    assert obj["format"] == "jointnet-snapshot" and obj["format_version"] == 1
+    assert obj["format"] == "jointnet-snapshot" and obj["format_version"] == snapshot.FORMAT_VERSION
     assert obj["crc32"] == zlib.crc32(data[: -len(msgpack.packb("crc32")) - 5])
     assert [len(b) for b in obj["data"]] == [e["nbytes"] for e in obj["tensors"]]
 
@@ -185,12 +186,12 @@ def test_store_keeps_parameters_buffers_and_every_dtype(tmp_path):
         raw = torch.randint(0, 256, (3, 5 * dtype.itemsize), dtype=torch.uint8, generator=g)
         t = raw.view(dtype)  # arbitrary bit patterns, NaN payloads included
         key = f"x{i}"
-        store.tensors[key] = t.t() if t.dim() == 2 else t  # non-contiguous on purpose
+        store.load({key: t.t() if t.dim() == 2 else t})  # non-contiguous on purpose
         refs[key] = TensorRef(key)
-    store.tensors["scalar"] = torch.tensor(3.5, dtype=torch.float64)
-    store.tensors["empty"] = torch.zeros((0, 4), dtype=torch.int16)
-    store.tensors["frozen_param"] = nn.Parameter(torch.ones(2), requires_grad=False)
-    store.tensors["unreferenced"] = torch.ones(1)
+    store.load({"scalar": torch.tensor(3.5, dtype=torch.float64)})
+    store.load({"empty": torch.zeros((0, 4), dtype=torch.int16)})
+    store.load({"frozen_param": nn.Parameter(torch.ones(2), requires_grad=False)})
+    store.load({"unreferenced": torch.ones(1)})
     for k in ("scalar", "empty", "frozen_param"):
         refs[k] = TensorRef(k)
     net = annotate(net, key="refs", value=refs)
@@ -381,7 +382,7 @@ def test_valid_msgpack_of_wrong_types_raises(entry, data):
     _rejects(reframe(SMALL, edit))
 
 
-@pytest.mark.parametrize("version", [0, 2, 99, -1, "1", 1.0, True, None])
+@pytest.mark.parametrize("version", [0, 3, 99, -1, "1", 1.0, True, None])
 def test_unknown_format_version_names_the_supported_ones(version):
     def edit(obj):
         obj["format_version"] = version
@@ -535,12 +536,12 @@ def test_unsupported_tensor_leaves_the_old_snapshot_and_no_temp_file(tmp_path):
     net = backbones.build(backbones.mlp(4, [3]), task="t1", n_classes=2)
     net = annotate(net, key="bad", value=TensorRef("bad"))
     store = ParamStore(seed=0).realize(net)
-    store.tensors["bad"] = torch.sparse_coo_tensor([[0, 1]], [1.0, 2.0], (3,), check_invariants=True)
+    store.load({"bad": torch.sparse_coo_tensor([[0, 1]], [1.0, 2.0], (3,), check_invariants=True)})
     with pytest.raises(SnapshotError, match="'bad' is not a dense"):
         snapshot.save(path, net, store)
     with warnings.catch_warnings():  # "ComplexHalf support is experimental"
         warnings.simplefilter("ignore")
-        store.tensors["bad"] = torch.zeros(2, dtype=torch.complex32)
+        store = ParamStore(seed=0).realize(net).load({"bad": torch.zeros(2, dtype=torch.complex32)})
     with pytest.raises(SnapshotError, match="'bad' has dtype torch.complex32"):
         snapshot.save(path, net, store)
     assert os.listdir(tmp_path) == ["net.jns"] and path.read_bytes() == before
@@ -552,3 +553,49 @@ def test_overwrite_replaces_the_snapshot(tmp_path):
     snapshot.save(str(path), net, store)
     assert os.listdir(tmp_path) == ["net.jns"] and path.read_bytes() != before
     assert snapshot.load(str(path))[0] == net
+
+
+# ---- earlier format versions ----------------------------------------------------------------------
+
+# A version-1 snapshot written by jointnet 0.1.0 (commit ffc7bed), zlib-compressed and base64: an
+# MLP with tasks t1 and t2, fc1 cloned for t2 and widened, a live mask of t1 on fc1, a policy
+# entry, annotations, and an int16 tensor referenced by a TensorRef.
+V1_SNAPSHOT = (
+    "eNrtWE+IG1UYT7JLqdJiL8WCBYtFLRbrZja7yYrd3YtQoSCI4nF4mXmTjElm4nsvjSkeuutubOml2YoexMJuZibdPy1VUFvb"
+    "pmEXemm1iiIUETxZD+2xl8WD789MzGz+bjdIDy5kyZt53/f9vt/7vfe+Lx87mokygHz5nqkbxIDkZWyALE6a5KJ4IR+DCOum"
+    "ESzTlycr7mhnJa0bECTgihYZGYvGlCgcliK2YaoQf3pqQVdt3cjmiIWzUJm2Urqh2m+wBzZOgiwsDThZgEAGn1kyc0ROIDOX"
+    "xWcWdcP7amcATuEzy8AwTAIIDYhPLCtp04CqrCEzU1tSEASEjuKFGgtX1pQwDzbDgzlHGTpkUY/agM1iaCErrgO85gaeO2UZ"
+    "IAOdPNQTSVJOwcK31MMhMZyMhoE2omhSFA4pAvFcaIA608msyEVDECcdrCRhBlZSQM/oRsLRgCHrxkAZI6VmHwPpHLwVcP9s"
+    "M29AVLMITatmx9Omkpqr1Zx4TtMgWvWlKYBxsAzW1wwWG7QAVQq1w3RRYJFzhs5WsU/QOi5W6SR3sUDCNqe4gdobLAc26RCp"
+    "Uzw0EhtSh7UhDUjacgIBI5cGSCcFYbxI6BPMoFewnsiYVE+YooBWWj8Gu66IRXWC3ZyDrXLuSVc0Ey5kBNM5oa0pHsp6Cx59"
+    "p4/6deNUkhColKAGFVtH6KP2Gj7bpOGrrg+PZAnEw7GYNBaJ0L3pshbqUceh/ur4igeNa7kZ2Ga13B94DdzdPeAn7xATLZEO"
+    "EmkyPDQZGYmqkZgai0Otrr/g1plcIJIf7Epj1E1swtIMlZDP2ML6cRish6kLDpAnH12dUh/UKXnqjA+NjUahNjYyqo4+HuqU"
+    "hDqbgT026pT+V6dfnRJTpyNcdy4ABnzy/KSJ4u+EE0+dY1EVjEoxCGPD4VY3jqWY2YJLqX0cItN347StJvql2MsuWi7YZqw+"
+    "wXaG2qbC6KN2X/Qx21W6wT6UWhul6xNfTwTffb6B4W6YS8G+VWKPgLxh021qp22iYGH1tX/f2VBN0Fp/hmUiiv2yigmvw7Mm"
+    "IgGb8KqQ3h8bpnib1T9L4rOYOZvjFl0tHfFXbFK9YuppWuuALpi2MSXxbW6Wi4MVtzwP8f88UFXOZMhiMTw8PhI9Q6ml4bZG"
+    "Q8ln6GTNtK4USrNeWW2x5ooR5NAFOQ6N1fNpJGMFpOGtiT+EgpZSEGZlttSqTyFT82i6jKA2dUGWCTSwiehAlst6JrvwAT4b"
+    "vDU5KBzMzYNaOW0mvpjmsBcpTpkjdlJ5gBJ4moNwU3FbOTGVpSQzpPWZXjfAJ9caZjEX7qyZelINnaLDW0vkFhUOt8clt6F0"
+    "vXZy11yxsweeHx6s2QtbAtdLnfFFQ1bSAGOIQzbQCETC8xJNHEE5r5NkjQesdaZA8lFADxhD3ThjgZhd4UhNcGrtkCzxnduG"
+    "aNcbP7DEzWDAvKyrrq2d11Vo+MzcTTKfCvqMxTknrJYBIUBJypl/0y9uDOlvDHtp+gRG1s2JKCsYEtlTvRvmI/GjA4tj+3fD"
+    "xlUW+8Gzm2WH/DwSZ3Dvu0PQLAB71yEmJoJTFoZQDVaEB3yu2KF7V0khCyta2gRkWPIu7EXuE9J1XbuA4Ps5nbJLj2egrjlG"
+    "vEAg3l7spZlu5ZxWLl297ylu5tZrlUGwa4zBYufSZSu89F5ltCIo2J2gHcVuVeKWmG9bMW7Ja4e2e0tk994st4Qf7DFOxx80"
+    "WnrunsGuYpeOrx/ESP8NMa176S0Rw4494YFeWyTsNcANglv1m6+65tssFRBw7iY9KLfPP3Nl/OlLR66ywZ5A4MREqw97Obg7"
+    "XxxvMtnx1+3fxtcmPrz2y52vqtzHxVcfjL9y9N3xaDJS3eu8Pn5+3+nqZ+t3x7u+3P72zucm9q+vvsYHNx/er/558B73uev2"
+    "9Wcnnvh97+GHh+9cf+GnAzf4jJXLc4dP/P3zNT4Y3L9erQzc4Y52vXnpqYlfH3xTPZ26X/18327uY1sgEAyEAraClGHph+9f"
+    "+vHeP3kruSc="
+)
+
+
+def test_a_version_1_snapshot_still_loads():
+    """Newer releases read every earlier format version (docs/snapshot-format.md, "Versioning
+    policy"): a field added since takes its default; one added without a default fails here."""
+    data = zlib.decompress(base64.b64decode(V1_SNAPSHOT))
+    net, store = snapshot.loads(data)
+    assert (net.version, list(net.tasks)) == (13, ["t1", "t2"])
+    assert net.node("fc1").masks[0].task == "t1" and len(net.node("fc1.t2").out_groups) == 1
+    assert store["imp"].dtype == torch.int16 and store["imp"].tolist() == [0, 1, 2]
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    for task in net.tasks:
+        compile_net(net, store, task, cache=False)(x)
+    if snapshot.FORMAT_VERSION == 1:
+        assert snapshot.dumps(net, store) == data

@@ -335,7 +335,9 @@ def _group(g) -> str:
 
 
 def _mask(m) -> str:
-    return f"{m.task}:{m.param} ({m.state})"
+    kind = "" if m.kind == "mask" else f"/{m.kind}"
+    block = "" if m.block == (None, None) else f" {list(m.block)}"
+    return f"{m.task}:{m.param}{kind}{block} ({m.state})"
 
 
 def _ann_changes(a: FrozenDict, b: FrozenDict) -> tuple:
@@ -356,8 +358,8 @@ def _node_change(na, nb) -> NodeChange:
     pb = {p.key: p for p in nb.params}
     ga = {g.id: g for g in na.out_groups}
     gb = {g.id: g for g in nb.out_groups}
-    ma = {(m.task, m.param): m for m in na.masks}
-    mb = {(m.task, m.param): m for m in nb.masks}
+    ma = {(m.task, m.param, m.kind, m.block): m for m in na.masks}
+    mb = {(m.task, m.param, m.kind, m.block): m for m in nb.masks}
     other = []
     for field in ("cloned_from", "created_by"):
         x, y = getattr(na, field), getattr(nb, field)

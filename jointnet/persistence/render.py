@@ -87,7 +87,9 @@ def to_dot(net: JointNet, task: str | None = None) -> str:
         for g in node.out_groups:
             lines.append(f"+{g.size} ch ({g.owner})")
         for m in node.masks:
-            lines.append(f"mask {m.task}:{m.param} ({m.state})")
+            if task is None or m.task == task:  # a task's drawing shows only its own masks
+                kind = "" if m.kind == "mask" else f"/{m.kind}"
+                lines.append(f"mask {m.task}:{m.param}{kind} ({m.state})")
         if node.cloned_from:
             lines.append(f"clone of {node.cloned_from}")
         attrs = {"label": _label(lines)}

@@ -13,6 +13,7 @@ Every function here returns plain Python values (dicts, lists, str, int, float, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -151,7 +152,7 @@ def param_counts(net: JointNet, store=None) -> dict[str, Any]:
             if m.key in seen:
                 continue
             seen.add(m.key)
-            _check_store(store, m.key, m.shape)
+            _check_store(store, m.key, ((math.prod(m.shape) + 7) // 8,) if m.state == "committed" else m.shape)
             numel = 1
             for s in m.shape:
                 numel *= s
@@ -184,11 +185,17 @@ def _topo(net: JointNet) -> list[str]:
 
 def _node_entry(net: JointNet, n: str, counts: dict[str, Any]) -> dict[str, Any]:
     node: Node = net.node(n)
-    policy = [
-        {"task": t, "frozen": pol.frozen, "lr_scale": pol.lr_scale}
-        for (t, m), pol in net.policy.items()
-        if m == n
-    ]
+    policy = []
+    for (t, m), pol in net.policy.items():
+        if m != n:
+            continue
+        entry = {"task": t, "frozen": pol.frozen, "lr_scale": pol.lr_scale}
+        if pol.params:  # per-parameter entries, when there are any
+            entry["params"] = {
+                name: {"frozen": pp.frozen, "lr_scale": pp.lr_scale,
+                       "rules": [f"{r.kind}:{r.tensor or r.provider}/{r.apply}" for r in pp.rules]}
+                for name, pp in pol.params.items()}
+        policy.append(entry)
     return {
         "id": n,
         "kind": node.kind,
@@ -202,8 +209,9 @@ def _node_entry(net: JointNet, n: str, counts: dict[str, Any]) -> dict[str, Any]
             for g in node.out_groups
         ],
         "masks": [
-            {"task": m.task, "param": m.param, "granularity": m.granularity,
-             "transform": m.transform, "state": m.state, "shape": list(m.shape)}
+            {"task": m.task, "param": m.param, "kind": m.kind, "block": list(m.block),
+             "granularity": m.granularity, "transform": m.transform, "state": m.state,
+             "shape": list(m.shape)}
             for m in node.masks
         ],
         "annotations": plain(node.annotations),
