@@ -1,13 +1,7 @@
 """Continual-learning methods as strategies over the JointNet graph API.
 
-Importing this package registers the built-in strategies; `strategies.base.get(name)` builds one.
+Each module holds one method (or a family): a frozen config class with a ``step(net, run)``
+method, its pure decision functions, and its trainer hooks. They are registered under the
+``jointnet.strategies`` entry-point group (pyproject.toml); `jointnet.experiments.strategy.get`
+builds one by name. Importing this package imports nothing else.
 """
-
-from strategies.base import STRATEGIES, RunState, Strategy, get, register
-from strategies import simple  # noqa: F401  (registers finetune, independent, frozen)
-from strategies import packnet, pnn  # noqa: F401
-from strategies import hat  # noqa: F401
-from strategies import ewc, lwf  # noqa: F401
-from strategies import l2bg  # noqa: F401  (registers l2bg, l2bg-random)
-
-__all__ = ["STRATEGIES", "RunState", "Strategy", "get", "register"]

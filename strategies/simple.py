@@ -4,60 +4,64 @@ from __future__ import annotations
 
 import attrs
 
-from jointnet.graph import add_head, add_task, bind, freeze
-from strategies.base import RunState, Strategy, add_column, default_backbone, register
+from jointnet.experiments.strategy import TaskRun, add_column, default_backbone, trunk_task
+from jointnet.graph import freeze
+from jointnet.graph.net import JointNet
 
 __all__ = ["FineTune", "Independent", "FrozenTrunk"]
 
 
-def _trunk_task(state: RunState, task, index: int, backbone) -> None:
-    """First task: build the backbone; later tasks: bind to the first task, own head."""
-    layers = backbone or default_backbone(task.input_shape)
-    if index == 0:
-        state.net = add_column(state.net, layers, task.name, task.n_classes)
-        return
-    first = next(iter(state.net.tasks))
-    net = add_task(state.net, task=task.name)
-    net = bind(net, task=task.name, to=first)
-    state.net = add_head(net, task=task.name, n_classes=task.n_classes)
-
-
-@register("finetune")
-@attrs.define
-class FineTune(Strategy):
+@attrs.frozen
+class FineTune:
     """Fine-tuning: one shared trunk trained on every task in turn, a head per task.
 
     The lower bound of task-incremental learning: old heads stay, the trunk drifts (forgets).
+
+    Options: ``backbone`` (a declarative layer list; default: `default_backbone` of the stream's
+    inputs).
     """
 
     backbone: list | None = None
 
-    def before_task(self, state, task, index):
-        _trunk_task(state, task, index, self.backbone)
+    def step(self, net: JointNet, run: TaskRun) -> JointNet:
+        task = run.task
+        net = trunk_task(net, self.backbone or default_backbone(task.input_shape), task.name, task.n_classes)
+        run.train(net)
+        return net
 
 
-@register("independent")
-@attrs.define
-class Independent(Strategy):
-    """Independent nets: every task gets a fresh copy of the backbone (no sharing, no forgetting)."""
+@attrs.frozen
+class Independent:
+    """Independent nets: every task gets a fresh copy of the backbone (no sharing, no forgetting).
 
-    backbone: list | None = None
-
-    def before_task(self, state, task, index):
-        layers = self.backbone or default_backbone(task.input_shape)
-        state.net = add_column(state.net, layers, task.name, task.n_classes)
-
-
-@register("frozen")
-@attrs.define
-class FrozenTrunk(Strategy):
-    """Frozen trunk: the trunk trains on the first task only; later tasks train their head."""
+    Options: ``backbone`` (default: `default_backbone`).
+    """
 
     backbone: list | None = None
 
-    def before_task(self, state, task, index):
-        _trunk_task(state, task, index, self.backbone)
-        if index:
-            trunk = [n for n in state.net.route(task.name) if state.net.node(n).params
-                     and n != state.net.tasks[task.name].head]
-            state.net = freeze(state.net, nodes=trunk, task=task.name)
+    def step(self, net: JointNet, run: TaskRun) -> JointNet:
+        task = run.task
+        net = add_column(net, self.backbone or default_backbone(task.input_shape), task.name, task.n_classes)
+        run.train(net)
+        return net
+
+
+@attrs.frozen
+class FrozenTrunk:
+    """Frozen trunk: the trunk trains on the first task only; later tasks train their head.
+
+    Options: ``backbone`` (default: `default_backbone`).
+    """
+
+    backbone: list | None = None
+
+    def step(self, net: JointNet, run: TaskRun) -> JointNet:
+        task = run.task
+        first = not net.tasks
+        net = trunk_task(net, self.backbone or default_backbone(task.input_shape), task.name, task.n_classes)
+        if not first:
+            head = net.tasks[task.name].head
+            trunk = [n for n in net.route(task.name) if net.node(n).params and n != head]
+            net = freeze(net, nodes=trunk, task=task.name)
+        run.train(net)
+        return net

@@ -74,7 +74,9 @@ def format_inspect(summ: dict[str, Any], shared: list[dict[str, list[str]]], sou
         if n["groups"]:
             extra.append("groups=" + ",".join(f"{g['owner']}:+{g['size']}" for g in n["groups"]))
         if n["masks"]:
-            extra.append("masks=" + ",".join(f"{m['task']}:{m['param']}({m['state']})" for m in n["masks"]))
+            extra.append("masks=" + ",".join(
+                f"{m['task']}:{m['param']}{'' if m['kind'] == 'mask' else '/' + m['kind']}({m['state']})"
+                for m in n["masks"]))
         for p in n["policy"]:
             who = p["task"] or "all"
             what = "frozen" if p["frozen"] else "trainable"
@@ -192,13 +194,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from jointnet.experiments import runner
 
     if args.list:
-        from strategies.base import STRATEGIES, get
-
-        get("finetune")  # imports and registers the built-in strategies
+        from jointnet.experiments.strategy import strategies
         from jointnet.experiments.streams import STREAMS
 
         print("strategies:")
-        for name, cls in sorted(STRATEGIES.items()):
+        for name, cls in strategies().items():
             doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
             print(f"  {name:<12} {doc}")
         print("streams:")

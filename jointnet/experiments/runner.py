@@ -26,21 +26,21 @@ import re
 import secrets
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import attrs
 import torch
 
 from jointnet.persistence import snapshot
-from jointnet.execution.compile import compile_net
 from jointnet.errors import JointNetError
 from jointnet.experiments.metrics import summarize
 from jointnet.graph.net import JointNet
 from jointnet.execution.store import ParamStore
-from jointnet.experiments.trainer import TrainConfig, accuracy
+from jointnet.experiments.trainer import TrainConfig
 from jointnet.persistence.views import param_counts
 
-__all__ = ["run", "resume", "RunSpec", "print_results", "format_matrix"]
+__all__ = ["run", "resume", "run_tasks", "TaskOutcome", "RunSpec", "print_results", "format_matrix"]
 
 RESULTS_VERSION = 1
 
@@ -126,14 +126,45 @@ def _load_stream(spec: RunSpec):
     return get_stream(spec.stream, seed=spec.seed, **spec.stream_options)
 
 
-def _evaluate(strategy, state, stream, upto: int, config: TrainConfig) -> list[float]:
-    row = []
-    for t in stream.tasks[: upto + 1]:
-        module = compile_net(state.net, state.store, t.name)
-        hooks = strategy.eval_hooks(state, t.name)
-        x, y = t.test
-        row.append(accuracy(module, x, y, config.eval_batch_size, config.device, hooks))
-    return row
+@attrs.frozen
+class TaskOutcome:
+    """What one task of a stream left: the net and store after it, the test accuracy on every
+    task so far (a row of the accuracy matrix), wall time and epochs trained."""
+
+    index: int
+    task: str
+    net: JointNet
+    store: ParamStore
+    row: list
+    wall: float
+    epochs: int
+
+
+def run_tasks(
+    strategy: Any, stream: Any, config: TrainConfig, *, seed: int = 0, net: JointNet | None = None,
+    store: ParamStore | None = None, start: int = 0, echo: Callable[[str], Any] | None = print,
+) -> Iterator[TaskOutcome]:
+    """The one runner loop: for every task of `stream` from `start`, call ``strategy.step``,
+    realize the store, evaluate every task so far on its test split; yields a `TaskOutcome` per
+    task. `jointnet run`, resume and the searches all run streams through it.
+
+    Determinism: each task starts from seeds derived from (seed, task index) and the state the
+    previous task left, so the same inputs give the same numbers on CPU, resumed or not.
+    """
+    from jointnet.experiments.strategy import TaskRun
+
+    net = JointNet.empty() if net is None else net
+    store = ParamStore(seed=seed, device=config.device) if store is None else store
+    for i in range(start, len(stream.tasks)):
+        task = stream.tasks[i]
+        torch.manual_seed(seed * 7919 + i)
+        t0 = time.perf_counter()
+        run = TaskRun(task, i, stream, store, config, seed, getattr(strategy, "name", "?"), echo)
+        net = strategy.step(net, run)
+        store.realize(net)
+        wall = time.perf_counter() - t0
+        row = [run.accuracy(net, t, "test") for t in stream.tasks[: i + 1]]
+        yield TaskOutcome(i, task.name, net, store, row, wall, sum(r.epochs_run for r in run.results))
 
 
 def run(spec: RunSpec, out: str | Path, *, echo: Callable[[str], Any] = print, progress: bool = False) -> dict:
@@ -141,8 +172,8 @@ def run(spec: RunSpec, out: str | Path, *, echo: Callable[[str], Any] = print, p
     out = Path(out)
     if (out / "run.json").exists():
         raise JointNetError(f"{out} already holds a run; use resume or another --out")
+    from jointnet.experiments.strategy import get
     from jointnet.experiments.streams import STREAMS
-    from strategies.base import get
 
     get(spec.strategy, **spec.strategy_options)  # fail before writing anything
     if spec.stream not in STREAMS:
@@ -242,15 +273,15 @@ def _read_results(path: Path, spec: RunSpec, names: list[str]) -> dict:
 
 
 def _go(spec: RunSpec, out: Path, *, echo, progress: bool) -> dict:
-    from strategies.base import RunState, get
+    from jointnet.experiments.strategy import get, train_config
 
     strategy = get(spec.strategy, **spec.strategy_options)
-    config = TrainConfig(**{**type(strategy).recommended_config, **spec.config, "seed": spec.seed,
-                            "progress": progress})
+    config = train_config(strategy, **{**spec.config, "seed": spec.seed, "progress": progress})
     stream = _load_stream(spec)
     names = [t.name for t in stream.tasks]
     results_path = out / "results.json"
     resuming = results_path.exists()
+    net, store, done = JointNet.empty(), ParamStore(seed=spec.seed, device=config.device), 0
     if resuming:  # everything read from the directory is checked before anything is written
         results = _read_results(results_path, spec, names)
         done = results["done"]
@@ -260,8 +291,14 @@ def _go(spec: RunSpec, out: Path, *, echo, progress: bool) -> dict:
             if list(net.tasks) != names[:done]:
                 raise JointNetError(f"{snap} holds tasks {list(net.tasks)!r:.80}, not the run's first "
                                     f"{done} tasks {names[:done]!r:.80}")
-        else:
-            net, store = JointNet.empty(), ParamStore(seed=spec.seed, device=config.device)
+            store = store or ParamStore(seed=spec.seed, device=config.device)
+            store.seed = spec.seed
+    else:
+        results = {
+            "format": RESULTS_VERSION, "strategy": spec.strategy, "stream": spec.stream, "seed": spec.seed,
+            "tasks": names, "done": 0, "matrix": [], "metrics": {}, "params": [], "wall_time": [],
+            "epochs": [], "snapshots": [],
+        }
     logf = open(out / "log.txt", "a")
 
     def say(msg: str) -> None:
@@ -271,42 +308,21 @@ def _go(spec: RunSpec, out: Path, *, echo, progress: bool) -> dict:
 
     if resuming:
         say(f"resuming {out}: {done} of {len(names)} tasks done")
-    else:
-        results = {
-            "format": RESULTS_VERSION, "strategy": spec.strategy, "stream": spec.stream, "seed": spec.seed,
-            "tasks": names, "done": 0, "matrix": [], "metrics": {}, "params": [], "wall_time": [],
-            "epochs": [], "snapshots": [],
-        }
-        net, store = JointNet.empty(), ParamStore(seed=spec.seed, device=config.device)
-        done = 0
-    store = store or ParamStore(seed=spec.seed, device=config.device)
-    store.seed = spec.seed
-    state = RunState(net=net, store=store, stream=stream, config=config, seed=spec.seed, echo=say)
     try:
-        for i in range(done, len(stream.tasks)):
-            task = stream.tasks[i]
-            torch.manual_seed(spec.seed * 7919 + i)
-            t0 = time.perf_counter()
-            strategy.before_task(state, task, i)
-            state.store.realize(state.net)
-            res = strategy.train_task(state, task, i)
-            strategy.after_task(state, task, i)
-            state.store.realize(state.net)
-            wall = time.perf_counter() - t0
-            row = _evaluate(strategy, state, stream, i, config)
-            snap = _snapshot_name(i, task.name)
-            snapshot.save(out / snap, state.net, state.store)
-            results["matrix"].append(row)
-            results["params"].append(_counts(state.net))
-            results["wall_time"].append(wall)
-            results["epochs"].append(getattr(res, "epochs_run", None))
-            results["snapshots"].append(str(snap))
-            results["done"] = i + 1
+        for o in run_tasks(strategy, stream, config, seed=spec.seed, net=net, store=store, start=done, echo=say):
+            snap = _snapshot_name(o.index, o.task)
+            snapshot.save(out / snap, o.net, o.store)
+            results["matrix"].append(o.row)
+            results["params"].append(_counts(o.net))
+            results["wall_time"].append(o.wall)
+            results["epochs"].append(o.epochs)
+            results["snapshots"].append(snap)
+            results["done"] = o.index + 1
             results["metrics"] = _metrics(results, spec, out)
             _atomic_write(results_path, json.dumps(results, indent=2))
             _write_csv(out / "results.csv", results)
-            say(f"task {i + 1}/{len(names)} {task.name}: " + " ".join(f"{a:.3f}" for a in row)
-                + f"  ({wall:.1f}s, version {state.net.version})")
+            say(f"task {o.index + 1}/{len(names)} {o.task}: " + " ".join(f"{a:.3f}" for a in o.row)
+                + f"  ({o.wall:.1f}s, version {o.net.version})")
     finally:
         logf.close()
     return results
