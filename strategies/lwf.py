@@ -3,7 +3,7 @@
 Li & Hoiem, "Learning without Forgetting", ECCV 2016 (TPAMI 2018).
 
 Topology: a shared trunk (theta_s) with one head per task, as fine-tuning
-(`strategies.simple._trunk_task`). Training task t minimises
+(`jointnet.experiments.strategy.trunk_task`). Training task t minimises
 
     CE(new head, y) + lam * sum_{old o} KD(student_o(x), teacher_o(x); T)
 
@@ -13,13 +13,31 @@ responses y_o on the new task's images once before training; a frozen teacher ev
 online (eval mode, no augmentation here) gives exactly those targets without storing them.
 
 - The teacher is transient: at the start of each task it is compiled from clones of the store
-  tensors the old tasks use (`teacher_store`), so a run resumed from the previous task's
-  snapshot rebuilds the same teacher and continues exactly. Nothing lives on the strategy.
+  tensors the old tasks use (`jointnet.experiments.strategy.teacher_store`), so a run resumed
+  from the previous task's snapshot rebuilds the same teacher and continues exactly. Nothing
+  lives on the strategy.
 - The student is one multi-task compile of the current net over every seen task, so the shared
   trunk runs once per batch and feeds the new head (cross-entropy, added by the trainer) and the
-  old heads (distillation) alike (`Hooks.forward`).
+  old heads (distillation) alike (`Hooks.forward`), with the trainer's context for the batch.
 - Old heads train too, as in the paper (`Hooks.extra_param_groups`), unless
   ``freeze_old_heads=True``.
+
+Options (all of `LwF`'s attributes; defaults first):
+
+- ``lam`` (1.0): weight of the distillation term, the paper's lambda_o.
+- ``T`` (2.0): distillation temperature (the paper's choice).
+- ``t2_scale`` (True): multiply the distillation loss by T^2 (Hinton et al.'s convention, which
+  keeps its gradients comparable across temperatures; a deviation from the paper, whose
+  modified cross-entropy has no such factor). False gives the paper's plain scale.
+- ``warmup_epochs`` (0: none): epochs that first train only the new head, trunk and old heads
+  frozen (the paper's optional warm-up step, §3). They come before the trainer's ``epochs`` of
+  joint training; the freeze is transient (the net `step` returns carries no policy).
+- ``freeze_old_heads`` (False): keep the old heads fixed (the paper trains them on the
+  distillation loss).
+- ``backbone`` (None): layer list for the trunk; None: `default_backbone` of the stream's inputs.
+
+Fixed choices: the distillation targets use the teacher's eval mode and the first old task's
+inference context; the KD term is the batch mean of the per-sample KL divergence.
 
 >>> LwF().lam, LwF().T, LwF().warmup_epochs
 (1.0, 2.0, 0)
@@ -33,68 +51,76 @@ import torch.nn.functional as F
 from attrs import validators as v
 
 from jointnet.execution.compile import compile_net
-from jointnet.graph.net import JointNet
-from jointnet.execution.store import ParamStore
-from jointnet.graph import freeze
 from jointnet.execution.optim import task_tensors
-from jointnet.experiments.trainer import Hooks, TrainResult, train_task
-from strategies.base import RunState, Strategy, register
-from strategies.simple import _trunk_task
+from jointnet.execution.program import Context
+from jointnet.execution.store import ParamStore
+from jointnet.experiments.strategy import TaskRun, default_backbone, teacher_store, trunk_task
+from jointnet.experiments.trainer import Hooks
+from jointnet.graph import freeze
+from jointnet.graph.net import JointNet
 
-__all__ = ["LwF", "LwFHooks", "kd_loss", "teacher_store"]
+__all__ = ["LwF", "LwFHooks", "kd_loss", "lwf_hooks", "warmup_net"]
 
 
-@register("lwf")
 @attrs.frozen
-class LwF(Strategy):
+class LwF:
     """Learning without Forgetting (Li & Hoiem, ECCV 2016) over a shared trunk.
 
-    Options:
+    Options (see the module docstring for what each one means and where it deviates):
         lam: weight of the distillation term, the paper's lambda_o (default 1.0).
-        T: distillation temperature (default 2, the paper's choice).
-        t2_scale: multiply the distillation loss by T^2 (default True; Hinton et al.'s
-            convention, which keeps its gradients comparable across temperatures). False gives
-            the paper's plain modified cross-entropy scale.
-        warmup_epochs: epochs that first train only the new head, trunk and old heads frozen
-            (the paper's optional warm-up step, §3; default 0: none). They come before the
-            trainer's ``epochs`` of joint training.
-        freeze_old_heads: keep the old heads fixed (default False: they train on the
-            distillation loss, as in the paper).
-        backbone: layer list for the trunk (default `strategies.base.default_backbone`).
+        T: distillation temperature (default 2).
+        t2_scale: multiply the distillation loss by T^2 (default True).
+        warmup_epochs: head-only epochs before joint training (default 0).
+        freeze_old_heads: keep the old heads fixed (default False).
+        backbone: layer list for the trunk (default `default_backbone` of the stream's inputs).
     """
 
     lam: float = attrs.field(default=1.0, converter=float, validator=v.ge(0.0))
     T: float = attrs.field(default=2.0, converter=float, validator=v.gt(0.0))
-    t2_scale: bool = True
+    t2_scale: bool = attrs.field(default=True, validator=v.instance_of(bool))
     warmup_epochs: int = attrs.field(default=0, validator=[v.instance_of(int), v.ge(0)])
-    freeze_old_heads: bool = False
+    freeze_old_heads: bool = attrs.field(default=False, validator=v.instance_of(bool))
     backbone: list | None = None
 
-    def before_task(self, state: RunState, task, index: int) -> None:
-        _trunk_task(state, task, index, self.backbone)
+    def step(self, net: JointNet, run: TaskRun) -> JointNet:
+        """Add the task on the shared trunk; optionally warm its head up alone; train it with the
+        old heads distilled from a frozen copy of the net as it was before this task."""
+        task = run.task
+        net = trunk_task(net, self.backbone or default_backbone(task.input_shape), task.name, task.n_classes)
+        run.store.realize(net)
+        hooks = self.hooks(net, run.store, task.name)  # the teacher: the net before any step of t
+        if self.warmup_epochs and run.index > 0:
+            run.train(warmup_net(net, task.name), config=attrs.evolve(run.config, epochs=self.warmup_epochs),
+                      say="warm-up")
+        run.train(net, hooks=hooks)
+        return net
 
-    def hooks(self, state: RunState, task, index: int) -> Hooks:
-        """The distillation hooks, with a teacher cloned from the store *now*: call it before
-        training the task."""
-        old = [t for t in state.net.tasks if t != task.name]
-        if not old:
-            return Hooks()
-        teacher = compile_net(state.net, teacher_store(state.net, state.store, old), old, cache=False)
-        teacher.eval()
-        student = compile_net(state.net, state.store, old + [task.name])
-        return LwFHooks(student, teacher, task.name, old, lam=self.lam, T=self.T, t2_scale=self.t2_scale,
-                        train_old_heads=not self.freeze_old_heads)
+    def hooks(self, net: JointNet, store: ParamStore, task: str) -> Hooks:
+        """The distillation hooks for training `task` of `net`, with a teacher cloned from `store`
+        *now*: call it before training the task."""
+        return lwf_hooks(net, store, task, lam=self.lam, T=self.T, t2_scale=self.t2_scale,
+                         train_old_heads=not self.freeze_old_heads)
 
-    def train_task(self, state: RunState, task, index: int) -> TrainResult:
-        hooks = self.hooks(state, task, index)  # the teacher: the net before any step of task t
-        if self.warmup_epochs and index > 0:
-            trunk = [n for n in state.net.route(task.name)
-                     if state.net.node(n).params and n != state.net.tasks[task.name].head]
-            warm = freeze(state.net, nodes=trunk, task=task.name)  # transient; state.net untouched
-            train_task(warm, state.store, task.name, task.train, task.val,
-                       attrs.evolve(state.config, epochs=self.warmup_epochs), Hooks(), task_index=index)
-        return train_task(state.net, state.store, task.name, task.train, task.val, state.config, hooks,
-                          task_index=index)
+
+def warmup_net(net: JointNet, task: str) -> JointNet:
+    """`net` with every parameterised node of `task`'s route but its head frozen for `task` (the
+    warm-up's transient net: train it, then keep training the unfrozen `net`)."""
+    head = net.tasks[task].head
+    trunk = [n for n in net.route(task) if net.node(n).params and n != head]
+    return freeze(net, nodes=trunk, task=task)
+
+
+def lwf_hooks(net: JointNet, store: ParamStore, task: str, *, lam: float = 1.0, T: float = 2.0,
+              t2_scale: bool = True, train_old_heads: bool = True) -> Hooks:
+    """`LwFHooks` distilling every other task of `net` into `task`'s training (plain `Hooks` when
+    `task` is the only one). The teacher is compiled from `teacher_store` clones taken now."""
+    old = [t for t in net.tasks if t != task]
+    if not old:
+        return Hooks()
+    teacher = compile_net(net, teacher_store(net, store, old), old, cache=False)
+    teacher.eval()
+    student = compile_net(net, store, old + [task])
+    return LwFHooks(student, teacher, task, old, lam=lam, T=T, t2_scale=t2_scale, train_old_heads=train_old_heads)
 
 
 class LwFHooks(Hooks):
@@ -108,14 +134,16 @@ class LwFHooks(Hooks):
         self.train_old_heads = train_old_heads
         self._old_head_params: list[torch.Tensor] = []
 
-    def forward(self, module, x, ctx):
+    def forward(self, module, x, info: dict, ctx: Context | None) -> torch.Tensor:
+        # The student follows the trainer's module mode (for a call without a context) and runs
+        # under the trainer's context for this batch.
         self.student.train(module.training)
-        out = self.student(x)
-        ctx["lwf.old_logits"] = {t: out[t] for t in self.old}
+        out = self.student(x, ctx)
+        info["lwf.old_logits"] = {t: out[t] for t in self.old}
         return out[self.task]
 
-    def extra_loss(self, module, x, y, logits, ctx):
-        student = ctx.get("lwf.old_logits")
+    def extra_loss(self, module, x, y, logits, info: dict) -> torch.Tensor | None:
+        student = info.get("lwf.old_logits")
         if student is None or self.lam == 0:
             return None
         with torch.no_grad():
@@ -140,7 +168,7 @@ class LwFHooks(Hooks):
                     by_scale.setdefault(pol.lr_scale, []).append(p)
         return [{"params": ps, "lr": lr * s, "name": f"lwf_old_heads lr_scale={s}"} for s, ps in sorted(by_scale.items())]
 
-    def after_step(self, module, ctx):
+    def after_step(self, module, info: dict) -> None:
         if not self.train_old_heads:
             # the distillation loss reaches frozen old heads too; drop those unused gradients
             for p in self._old_head_params:
@@ -159,15 +187,3 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, T: float = 2.0, t2_sca
     log_t = F.log_softmax(teacher.float() / T, -1)
     kl = F.kl_div(log_s, log_t, log_target=True, reduction="batchmean")
     return kl * (T * T) if t2_scale else kl
-
-
-def teacher_store(net: JointNet, store: ParamStore, tasks: list[str]) -> ParamStore:
-    """A new store holding detached clones of every tensor `tasks` use in `net` (a frozen copy)."""
-    out = ParamStore(seed=store.seed, device=store.device)
-    for t in tasks:
-        for n in net.route(t):
-            node = net.node(n)
-            for key in [p.key for p in node.params] + [m.key for m in node.masks]:
-                if key not in out.tensors and key in store.tensors:
-                    out.tensors[key] = store.tensors[key].detach().clone()
-    return out

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
 import attrs
 import pytest
 import torch
+import torch.nn.functional as F
 
 from jointnet import backbones, snapshot
+from jointnet.errors import StrategyError
 from jointnet.execution.compile import compile_net
-from jointnet.graph.net import JointNet, TensorRef
+from jointnet.execution.program import task_context
 from jointnet.execution.store import ParamStore
-from jointnet.graph import annotate
-from jointnet.experiments.runner import RunSpec, resume, run
+from jointnet.experiments.runner import RunSpec, resume, run, run_tasks
+from jointnet.experiments.strategy import TaskRun, get, trunk_task
 from jointnet.experiments.streams import get_stream
 from jointnet.experiments.trainer import TrainConfig
-from strategies.base import RunState, get
+from jointnet.graph import annotate
+from jointnet.graph.net import TensorRef
 from strategies.ewc import (
-    ANCHOR, FISHER, EWC, EWCHooks, consolidate, diag_fisher, ewc_penalty, penalty_terms, trunk_params,
+    ANCHOR, FISHER, EWC, EWCHooks, closed_form_nodes, consolidate, conv2d_fisher, diag_fisher, ewc_penalty,
+    linear_fisher, penalty_terms, trunk_fisher, trunk_params,
 )
 from strategies.lwf import LwF, LwFHooks, kd_loss
 
@@ -27,7 +32,12 @@ SMALL = [{"kind": "input", "shape": (1, 28, 28)}, {"kind": "flatten"}, {"kind": 
          {"kind": "relu"}]
 TINY = [{"kind": "input", "shape": (6,)}, {"kind": "linear", "out_f": 5}, {"kind": "relu"},
         {"kind": "linear", "out_f": 4}, {"kind": "relu"}]
+# conv (with bias, stride, padding, dilation), BatchNorm (no closed form: vmap), linear
+CONV = [{"kind": "input", "shape": (2, 9, 9)}, {"kind": "conv", "out_ch": 3, "kernel": 3, "padding": 1},
+        {"kind": "bn"}, {"kind": "relu"}, {"kind": "conv", "out_ch": 4, "kernel": 2, "stride": 2, "dilation": 2},
+        {"kind": "relu"}, {"kind": "flatten"}, {"kind": "linear", "out_f": 5}, {"kind": "relu"}]
 FMNIST = {"n_tasks": 2, "n_train_per_task": 200, "n_test_per_task": 200}
+CONFIG = TrainConfig(epochs=1, batch_size=16)
 
 
 def _quiet(msg: str) -> None:
@@ -39,17 +49,13 @@ def _synthetic(n_tasks=2):
                       n_val_per_class=4, n_test_per_class=8, noise=0.5)
 
 
-def _drive(strategy, stream, upto: int, config=TrainConfig(epochs=1, batch_size=16)) -> RunState:
-    """What the runner does for tasks 0..upto-1, without evaluation or snapshots."""
-    state = RunState(net=JointNet.empty(), store=ParamStore(seed=0), stream=stream, config=config, echo=_quiet)
-    for i, task in enumerate(stream.tasks[:upto]):
-        torch.manual_seed(i)
-        strategy.before_task(state, task, i)
-        state.store.realize(state.net)
-        strategy.train_task(state, task, i)
-        strategy.after_task(state, task, i)
-        state.store.realize(state.net)
-    return state
+def _drive(strategy, stream, upto: int, config=CONFIG):
+    """The runner loop over tasks 0..upto-1; returns the last `TaskOutcome` (net, store)."""
+    return list(itertools.islice(run_tasks(strategy, stream, config, seed=0, echo=None), upto))[-1]
+
+
+def _task_run(stream, index: int, store: ParamStore, strategy: str, config=CONFIG) -> TaskRun:
+    return TaskRun(stream.tasks[index], index, stream, store, config, 0, strategy, None)
 
 
 # ---- EWC ----------------------------------------------------------------------------------------
@@ -80,9 +86,10 @@ def test_ewc_hooks_read_hand_set_fisher_from_the_net():
     hooks = EWCHooks(penalty_terms(net, store, "t1"), lam=3.0)
     assert len(hooks.terms) == 1
     assert float(hooks.extra_loss(None, None, None, None, {}).detach()) == 0.0  # at the anchor
-    with torch.no_grad():
-        store[p.key][0, 0] += 0.5
-        store[p.key][1, 2] -= 1.0
+    moved = store[p.key].detach().clone()
+    moved[0, 0] += 0.5
+    moved[1, 2] -= 1.0
+    store.update(p.key, moved)  # in place: the hooks hold the store's own tensor
     # (3 / 2) * 2 * (0.25 + 1) = 3.75
     assert float(hooks.extra_loss(None, None, None, None, {}).detach()) == pytest.approx(3.75)
     assert EWCHooks([], lam=3.0).extra_loss(None, None, None, None, {}) is None
@@ -132,6 +139,11 @@ def test_diag_fisher_per_sample_matches_a_loop():
     for a, b, n in zip(got, want, names):
         assert a.shape == params[n].shape
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    # the closed forms give the same per-sample Fisher of the same net
+    closed = trunk_fisher(net, store, "t1", x, y, chunk=4)
+    assert [k for k in module.keys.values() if not k.startswith("head")] == [p.key for _, p in trunk_params(net, "t1")]
+    for a, b in zip(closed, want):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
     # per-batch estimate: the mean over batches of the squared batch-mean gradient
     batch = diag_fisher(module, names, x, y, batch_size=5)
     want = [torch.zeros_like(params[n]) for n in names]
@@ -141,14 +153,113 @@ def test_diag_fisher_per_sample_matches_a_loop():
             w += gr.pow(2) / 2
     for a, b in zip(batch, want):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(trunk_fisher(net, store, "t1", x, y, batch_size=5), batch))
+
+
+def _per_sample_sq_sums(layer, inputs, head, y, params):
+    """sum_i (d log p(y_i | x_i) / d param)^2 for every tensor in `params`, one sample at a time."""
+    sums = [torch.zeros_like(p) for p in params]
+    for i in range(len(inputs)):
+        ll = torch.log_softmax(head(layer(inputs[i : i + 1])), -1)[0, y[i]]
+        for s, g in zip(sums, torch.autograd.grad(ll, params)):
+            s += g.pow(2)
+    return sums
+
+
+def _batched_grad_out(layer, inputs, head, y):
+    out = layer(inputs)
+    ll = torch.log_softmax(head(out), -1).gather(1, y[:, None]).sum()
+    return torch.autograd.grad(ll, out)[0]
+
+
+def test_linear_closed_form_fisher_equals_per_sample():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(13, 7, generator=g, dtype=torch.float64)
+    w = torch.randn(5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (13,), generator=g)
+
+    def layer(inp):
+        return F.linear(inp, w, b)
+
+    def head(out):
+        return torch.tanh(out) @ v.t()
+
+    want_w, want_b = _per_sample_sq_sums(layer, a, head, y, [w, b])
+    got_w, got_b = linear_fisher(a, _batched_grad_out(layer, a, head, y))
+    assert got_w.shape == w.shape and got_b.shape == b.shape
+    assert torch.allclose(got_w, want_w, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(got_b, want_b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("geometry", [
+    {"kernel": 3, "stride": 1, "padding": 1, "dilation": 1},
+    {"kernel": 2, "stride": 2, "padding": 0, "dilation": 1},
+    {"kernel": 3, "stride": 2, "padding": 2, "dilation": 2},
+])
+def test_conv2d_closed_form_fisher_equals_per_sample(geometry):
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(6, 3, 8, 7, generator=g, dtype=torch.float64)
+    k = geometry["kernel"]
+    w = torch.randn(4, 3, k, k, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 3, (6,), generator=g)
+    out_numel = F.conv2d(a, w, b, geometry["stride"], geometry["padding"], geometry["dilation"])[0].numel()
+    v = torch.randn(3, out_numel, generator=g, dtype=torch.float64)
+
+    def layer(inp):
+        return F.conv2d(inp, w, b, geometry["stride"], geometry["padding"], geometry["dilation"])
+
+    def head(out):
+        return torch.tanh(out).flatten(1) @ v.t()
+
+    want_w, want_b = _per_sample_sq_sums(layer, a, head, y, [w, b])
+    got_w, got_b = conv2d_fisher(a, _batched_grad_out(layer, a, head, y), **geometry)
+    assert got_w.shape == w.shape and got_b.shape == b.shape
+    assert torch.allclose(got_w, want_w, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(got_b, want_b, rtol=1e-12, atol=1e-14)
+    # in slices of samples (a memory bound): the same sums
+    sliced_w, sliced_b = conv2d_fisher(a, _batched_grad_out(layer, a, head, y), **geometry, max_elements=1)
+    assert torch.allclose(sliced_w, want_w, rtol=1e-12, atol=1e-14) and torch.equal(sliced_b, got_b)
+
+
+@pytest.mark.parametrize("kind", ["empirical", "true"])
+def test_trunk_fisher_closed_form_equals_vmap_on_a_conv_net(kind):
+    net = backbones.build(CONV, task="t1", n_classes=3)
+    store = ParamStore(seed=2).realize(net)
+    trunk = trunk_params(net, "t1")
+    closed = closed_form_nodes(net, "t1", list(dict.fromkeys(n for n, _ in trunk)))
+    assert set(closed) == {"conv1", "conv2", "fc1"} and closed["conv1"] is None  # reads the input
+    assert {n for n, _ in trunk} - set(closed) == {"bn1"}  # BatchNorm: vmap
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 2, 9, 9, generator=g), torch.randint(0, 3, (40,), generator=g)
+    with torch.no_grad():  # BatchNorm with non-trivial running statistics (eval mode reads them)
+        compile_net(net, store, "t1").train()(x)
+    fast = trunk_fisher(net, store, "t1", x, y, kind=kind, chunk=16, generator=torch.Generator().manual_seed(5))
+    slow = trunk_fisher(net, store, "t1", x, y, kind=kind, chunk=16, per_sample="vmap",
+                        generator=torch.Generator().manual_seed(5))
+    assert len(fast) == len(slow) == len(trunk)
+    for (n, p), a, b in zip(trunk, fast, slow):
+        assert a.shape == b.shape == p.shape, n
+        assert float(b.abs().max()) > 0, n
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-9), (n, p.name, float((a - b).abs().max()))
 
 
 @pytest.mark.parametrize("options", [{}, {"fisher": "true", "mode": "online", "gamma": 0.5, "n_samples": 20}])
-def test_ewc_fisher_shapes_and_store_annotations(options):
+def test_ewc_fisher_shapes_and_store_annotations(options, monkeypatch):
+    seen = []
+    train = TaskRun.train
+
+    def spy(self, net, **kw):
+        seen.append((self.index, kw.get("hooks")))
+        return train(self, net, **kw)
+
+    monkeypatch.setattr(TaskRun, "train", spy)
     stream = _synthetic(2)
     s = EWC(backbone=TINY, lam=10.0, **options)
-    state = _drive(s, stream, 2)
-    net, store = state.net, state.store
+    out = _drive(s, stream, 2)
+    net, store = out.net, out.store
     for task in ("t1", "t2"):
         head = net.tasks[task].head
         assert not any(p.annotations for p in net.node(head).params)  # heads carry no penalty
@@ -162,7 +273,18 @@ def test_ewc_fisher_shapes_and_store_annotations(options):
             assert torch.equal(store[a.key], store[p.key].detach())
     assert float(sum(store[p.annotations[FISHER].key].sum() for _, p in trunk_params(net, "t2"))) > 0
     # t2's penalty came from t1's Fisher: its terms were live while t2 trained
-    assert len(s.hooks(state, stream.tasks[1], 1).terms) == len(trunk_params(net, "t2"))
+    assert [i for i, _ in seen] == [0, 1]
+    assert seen[0][1].terms == []
+    assert len(seen[1][1].terms) == len(trunk_params(net, "t2"))
+
+
+def test_ewc_step_errors_name_strategy_and_task():
+    stream = _synthetic(2)
+    net = backbones.build(TINY, task="other", n_classes=2)  # the stream's t1 is not in this net
+    store = ParamStore(seed=0).realize(net)
+    with pytest.raises(StrategyError, match="no task 't1'") as e:
+        EWC(backbone=TINY).consolidate_task(net, _task_run(stream, 0, store, "ewc"))
+    assert (e.value.strategy, e.value.task) == ("ewc", "t1")
 
 
 def test_ewc_reduces_forgetting_against_finetune(tmp_path):
@@ -197,47 +319,51 @@ def test_kd_loss_zero_iff_equal_and_t2_scaling():
 def test_lwf_distillation_zero_before_training_positive_after_a_change():
     stream = _synthetic(2)
     s = LwF(backbone=TINY)
-    state = _drive(s, stream, 1)
+    out = _drive(s, stream, 1)
+    store = out.store
     task = stream.tasks[1]
-    s.before_task(state, task, 1)
-    state.store.realize(state.net)
-    hooks = s.hooks(state, task, 1)
+    net = trunk_task(out.net, TINY, task.name, task.n_classes)  # what `step` does first
+    store.realize(net)
+    hooks = s.hooks(net, store, task.name)
     assert isinstance(hooks, LwFHooks) and hooks.old == ["t1"]
-    module = compile_net(state.net, state.store, "t2")
+    module = compile_net(net, store, "t2")
+    ctx = task_context(net, "t2", training=True)
     x, y = task.x_train[:16], task.y_train[:16]
-    ctx = {}
-    logits = hooks.forward(module, x, ctx)
-    assert torch.allclose(logits, module(x))  # the new head's logits, from the one multi-task forward
-    assert float(hooks.extra_loss(module, x, y, logits, ctx).detach()) == pytest.approx(0.0, abs=1e-7)
-    with torch.no_grad():  # the student moves: trunk and old head
-        for key in (trunk_params(state.net, "t2")[0][1].key, state.net.node("head.t1").params[0].key):
-            state.store[key].add_(torch.randn(state.store[key].shape, generator=torch.Generator().manual_seed(0)))
-    ctx = {}
-    logits = hooks.forward(module, x, ctx)
-    assert float(hooks.extra_loss(module, x, y, logits, ctx).detach()) > 1e-3
+    info = {}
+    logits = hooks.forward(module, x, info, ctx)
+    assert torch.allclose(logits, module(x, ctx))  # the new head's logits, from the one multi-task forward
+    assert float(hooks.extra_loss(module, x, y, logits, info).detach()) == pytest.approx(0.0, abs=1e-7)
+    for key in (trunk_params(net, "t2")[0][1].key, net.node("head.t1").params[0].key):
+        # the student moves: trunk and old head
+        noise = torch.randn(store[key].shape, generator=torch.Generator().manual_seed(0))
+        store.update(key, store[key].detach() + noise)
+    info = {}
+    logits = hooks.forward(module, x, info, ctx)
+    assert float(hooks.extra_loss(module, x, y, logits, info).detach()) > 1e-3
     # the teacher is a frozen copy: clones of the store's tensors, never the tensors themselves
     for attr, key in hooks.teacher.keys.items():
         t = getattr(hooks.teacher, attr)
-        assert t is not state.store[key] and not t.requires_grad
+        assert t is not store[key] and not t.requires_grad
 
 
 @pytest.mark.parametrize("freeze_old_heads", [False, True])
 def test_lwf_old_heads_train_unless_frozen(freeze_old_heads):
     stream = _synthetic(2)
     s = LwF(backbone=TINY, freeze_old_heads=freeze_old_heads, warmup_epochs=1)
-    state = _drive(s, stream, 1)
-    head = state.net.node(state.net.tasks["t1"].head)
-    before = {p.key: state.store[p.key].detach().clone() for p in head.params}
-    trunk_key = trunk_params(state.net, "t1")[0][1].key
-    trunk_before = state.store[trunk_key].detach().clone()
-    s.before_task(state, stream.tasks[1], 1)
-    state.store.realize(state.net)
-    s.train_task(state, stream.tasks[1], 1)
-    moved = [not torch.equal(state.store[k], v) for k, v in before.items()]
+    out = _drive(s, stream, 1)
+    store = out.store
+    head = out.net.node(out.net.tasks["t1"].head)
+    before = {p.key: store[p.key].detach().clone() for p in head.params}
+    trunk_key = trunk_params(out.net, "t1")[0][1].key
+    trunk_before = store[trunk_key].detach().clone()
+    run_ = _task_run(stream, 1, store, "lwf")
+    net = s.step(out.net, run_)
+    assert [r.epochs_run for r in run_.results] == [1, 1]  # the warm-up, then joint training
+    moved = [not torch.equal(store[k], v) for k, v in before.items()]
     assert all(moved) if not freeze_old_heads else not any(moved)
-    assert not torch.equal(state.store[trunk_key], trunk_before)
-    assert all(state.store[k].grad is None for k in before) or not freeze_old_heads
-    assert not state.net.policy  # the warm-up's freeze was transient
+    assert not torch.equal(store[trunk_key], trunk_before)
+    assert all(store[k].grad is None for k in before) or not freeze_old_heads
+    assert not net.policy  # the warm-up's freeze was transient
 
 
 # ---- resume -------------------------------------------------------------------------------------
@@ -281,11 +407,17 @@ def test_resume_after_first_task_is_exact(tmp_path, strategy, options):
 def test_strategies_are_registered_with_documented_defaults():
     assert isinstance(get("ewc"), EWC) and isinstance(get("lwf"), LwF)
     e, l_ = EWC(), LwF()
-    assert (e.lam, e.fisher, e.n_samples, e.fisher_batch_size, e.mode, e.gamma) == (
-        1000.0, "empirical", 1024, 1, "sum", 1.0)
+    assert (e.lam, e.fisher, e.n_samples, e.fisher_batch_size, e.per_sample, e.mode, e.gamma) == (
+        1000.0, "empirical", 1024, 1, "closed_form", "sum", 1.0)
     assert (l_.lam, l_.T, l_.t2_scale, l_.warmup_epochs, l_.freeze_old_heads) == (1.0, 2.0, True, 0, False)
     with pytest.raises(ValueError):
         EWC(mode="offline")
     with pytest.raises(ValueError):
         EWC(n_samples=0)
+    with pytest.raises(ValueError):
+        EWC(per_sample="loop")
+    with pytest.raises(StrategyError, match="ewc"):
+        get("ewc", mode="offline")
+    with pytest.raises(ValueError):
+        LwF(T=0.0)
     assert attrs.evolve(e, lam=1.0).lam == 1.0
