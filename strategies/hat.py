@@ -10,34 +10,52 @@ authors' code (``joansj/hat``: ``alexnet_hat.py``, ``approaches/hat.py``).
   gated). Later tasks `bind` to the first task's route and add their own head.
 - Every task gets its own embedding on every gate (`add_task_embedding`, a per-task variant of
   the gate's ``embedding``, N(0, 1) like ``nn.Embedding``). The gate computes
-  ``x * sigmoid(s * e_t)``; `s` is the compiled module's ``gate_s``.
+  ``x * sigmoid(s * e_t)``; `s` is the call context's ``gate_scale`` (`Context`).
+- Gradient conditioning is train policy (SPG spec §8.2, operation 4: one "per-parameter gradient
+  multiplier provider" interface for SPG and HAT): the first task puts a ``multiply`` gradient
+  rule with the provider ``"hat"`` (`hat_provider`, registered when this module is imported) on
+  every trainable parameter of every parametric trunk node, for every task. The trainer asks the
+  provider for the multiplier when a task's training starts; it is None (no-op) until a task
+  is done.
 - After task t, each gate's cumulative mask ``a^{<=t} = max(a^{<=t-1}, sigmoid(s_max e^t))`` goes
-  into the store, referenced by the gate's ``hat.cum_mask`` annotation (a `TensorRef`); the net
-  annotation ``hat`` records ``s_max`` and the tasks done. The finished task's head is frozen
-  (train policy). Nothing lives on the strategy object, so a run resumed from a snapshot
-  continues exactly.
+  into the store (`ParamStore.put`, a new key per task), referenced by the gate's
+  ``hat.cum_mask`` annotation (a `TensorRef`); the net annotation ``hat`` records ``s_max`` and
+  the tasks done. The finished task's head is frozen (train policy). Nothing lives on the
+  strategy object, so a run resumed from a snapshot continues exactly.
+- Inference runs a task's gates at ``s = s_max``: the `Context` default (400.0) or, for another
+  ``s_max``, the task's recorded inference context (`set_context`, ``gate_scale``), which every
+  evaluation (the runner, `jointnet.execution.run`, export) reads from the net.
 
-**Training** (`HATHooks`, for task t):
+**Training** (for task t; the trainer's order per batch is forward, loss, backward, the policy's
+gradient rules, `HATHooks.transform_grads`, the optimizer step, `HATHooks.after_step`):
 
 - ``s`` is annealed within each epoch, ``s = 1/s_max + (s_max - 1/s_max) * b / B`` for batch
-  ``b`` of ``B``; ``s = s_max`` at evaluation and for the mask update.
+  ``b`` of ``B`` (`HATHooks.context`); ``s = s_max`` for validation.
 - Loss ``CE + c * R``, ``R = sum a^t (1 - a^{<t}) / sum (1 - a^{<t})`` over every gate unit
   (the plain mean of the gates for the first task).
-- Gradient conditioning (from the second task on): the gradient of a weight joining input unit j
-  to output unit i is multiplied by ``1 - min(a^{<t}_post[i], a^{<t}_pre[j])``, a bias by
-  ``1 - a^{<t}_post[i]``. The post gate is the first gate after the layer, the pre gate the
-  nearest gate before it, both found by walking the task's route through channel-preserving
-  nodes (`gate_neighbours`). The first layer (fed by the image) uses its output gate only; after
-  a Flatten the channel gate is repeated over the H*W positions of each channel.
-- Embedding compensation ``g_e *= (s_max / s) (cosh(clamp(s e, ±50)) + 1) / (cosh(e) + 1)``,
-  then the total gradient norm is clipped at 10000, the optimizer steps, and the embeddings are
-  clamped to [-6, 6].
-- Inference for task t runs t's gates at ``s = s_max`` (`HAT.eval_hooks`).
+- Gradient conditioning (the ``"hat"`` rule, from the second task on): the gradient of a weight
+  joining input unit j to output unit i is multiplied by ``1 - min(a^{<t}_post[i],
+  a^{<t}_pre[j])``, a bias by ``1 - a^{<t}_post[i]``. The post gate is the first gate after the
+  layer, the pre gate the nearest gate before it, both found by walking the task's route through
+  channel-preserving nodes (`gate_neighbours`). The first layer (fed by the image) uses its
+  output gate only; after a Flatten the channel gate is repeated over the H*W positions of each
+  channel.
+- Then (`HATHooks`) embedding compensation ``g_e *= (s_max / s) (cosh(clamp(s e, ±50)) + 1) /
+  (cosh(e) + 1)``, clipping of the total gradient norm at 10000, the optimizer step, and the
+  embeddings clamped to [-6, 6] (written with `ParamStore.update`).
 
-**Options** (`HAT` fields, defaults from the paper's code): ``s_max=400``, ``c=0.75``,
-``clip_grad=10000`` (None: off), ``thres_cosh=50``, ``emb_clamp=6``, ``backbone=None`` (the
-runner's `default_backbone`), ``insert_gates=True`` (False: the backbone must already hold
-``{"kind": "Gate"}`` items), ``freeze_old_heads=True``.
+**Options** (`HAT` fields; defaults from the paper's code):
+
+- ``backbone`` = None: a declarative layer list; None is `default_backbone` of the stream's input.
+- ``insert_gates`` = True: put a Gate after every trunk block (`gated_layers`); False: the
+  backbone must already hold ``{"kind": "Gate"}`` items.
+- ``s_max`` = 400.0 (> 0): the gates' largest scale, used for inference and mask extraction.
+- ``c`` = 0.75 (>= 0): the weight of the regulariser R.
+- ``clip_grad`` = 10000.0 (> 0, or None: off): the total gradient norm is clipped at it.
+- ``thres_cosh`` = 50.0 (> 0): the clamp of ``s e`` in the compensation's cosh.
+- ``emb_clamp`` = 6.0 (> 0): embeddings are clamped to ``[-emb_clamp, emb_clamp]`` after a step.
+- ``freeze_old_heads`` = True: freeze a finished task's head (it is off later tasks' routes
+  anyway; freezing keeps optimizers with state off it).
 
 **Train config.** The runner's `TrainConfig` sets optimizer, learning rate and schedule. HAT's
 code uses `RECOMMENDED_CONFIG`: plain SGD (momentum 0), lr 0.05, batch 64, up to 200 epochs,
@@ -52,6 +70,12 @@ The runner uses it as the strategy's defaults (a run's ``config`` / ``-T key=val
   it; its running statistics are not protected (use per-task BN if that matters).
 - Weight decay is applied by the optimizer after the gradient conditioning, so it erodes blocked
   weights: the strategy warns when ``config.weight_decay > 0``.
+
+**Deviation from the pre-Core-2 implementation** (same arithmetic, new records): the rule and,
+for ``s_max != 400``, the inference context are rewrites in the net's log, so the net's lineage,
+hence the keys and fresh initial values of every tensor created after them (later tasks'
+embeddings and heads), differ from runs of the older code with the same seed. The first task's
+tensors and its training are unchanged.
 
 Example:
 
@@ -69,24 +93,36 @@ from typing import Any, ClassVar
 
 import attrs
 import torch
-from attrs.validators import ge, gt, instance_of, optional
+from attrs.validators import ge, gt, instance_of
 
 from jointnet import backbones
-from jointnet.execution.compile import compile_net
-from jointnet.errors import JointNetError
-from jointnet.graph.layers import ParamInfo
-from jointnet.graph.net import JointNet, TensorRef
+from jointnet.errors import StrategyError
+from jointnet.execution.optim import register_provider, train_plan
+from jointnet.execution.program import Context, task_context
 from jointnet.execution.store import ParamStore
-from jointnet.graph import add_head, add_task, add_task_embedding, annotate, bind, freeze
-from jointnet.graph.shapes import task_shapes
-from jointnet.execution.optim import param_groups
+from jointnet.experiments.strategy import (
+    TaskRun, add_column, backbone_option, default_backbone, positive_or_none, store_key,
+)
 from jointnet.experiments.trainer import Hooks
-from strategies.base import RunState, Strategy, add_column, default_backbone, register
+from jointnet.graph import (
+    add_head,
+    add_task,
+    add_task_embedding,
+    annotate,
+    bind,
+    freeze,
+    set_context,
+    set_grad_rule,
+)
+from jointnet.graph.layers import ParamInfo
+from jointnet.graph.net import JointNet, Param, TensorRef
+from jointnet.graph.shapes import task_shapes
 
 __all__ = [
-    "HAT", "HATHooks", "GateScale", "RECOMMENDED_CONFIG", "gated_layers", "anneal_s",
-    "hat_regulariser", "compensation", "cumulative_update", "gates_on_route", "gate_neighbours",
-    "param_factor", "conditioning", "cumulative_mask", "embedding_key", "commit_masks",
+    "DEFAULT_GATE_SCALE", "HAT", "PROVIDER", "RECOMMENDED_CONFIG", "HATHooks", "anneal_s",
+    "commit_masks", "compensation", "conditioned_params", "conditioning", "cumulative_mask",
+    "cumulative_update", "embedding_key", "gate_neighbours", "gated_layers", "gates_on_route",
+    "hat_provider", "hat_regulariser", "param_conditioning", "param_factor",
 ]
 
 #: TrainConfig fields of HAT's original code (SPG spec §8.4); the runner's config decides.
@@ -97,11 +133,22 @@ RECOMMENDED_CONFIG: dict[str, Any] = {
 
 CUM_MASK = "hat.cum_mask"  # gate annotation: TensorRef to a^{<=t}
 NET_KEY = "hat"  # net annotation: {"s_max": float, "tasks": [...]}
+PROVIDER = "hat"  # the gradient-rule provider of HAT's conditioning (`hat_provider`)
+#: The gate scale of a `Context` nobody set: a task's inference runs at it unless its recorded
+#: context says otherwise (HAT records ``gate_scale`` only for another ``s_max``).
+DEFAULT_GATE_SCALE: float = attrs.fields(Context).gate_scale.default
 
 # Kinds that continue a trunk block (the gate goes after them) and kinds that start a new one
 # (the gate goes before them).
 _CONTINUE = {"ReLU", "BatchNorm", "Dropout", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "Identity"}
 _START = {"Conv2d", "Linear", "Flatten"}
+
+
+
+
+def _fail(message: str, task: str | None = None) -> StrategyError:
+    """HAT's error for a situation it cannot handle (named after the strategy and the task)."""
+    return StrategyError(message, strategy="hat", task=task)
 
 
 # ---- pure functions -------------------------------------------------------------------------
@@ -115,7 +162,7 @@ def gated_layers(layers: list) -> list:
     that already holds a Gate is returned unchanged (the user placed the gates).
 
     Raises:
-        JointNetError: a merge (Add, Concat) or an item with explicit ``inputs``: gates are only
+        StrategyError: a merge (Add, Concat) or an item with explicit ``inputs``: gates are only
             inserted into sequential backbones.
 
     >>> [backbones._kind(i) for i in gated_layers(backbones.small_conv(widths=(8,), hidden=16))]
@@ -128,14 +175,14 @@ def gated_layers(layers: list) -> list:
     open_block = False
     for item, kind in zip(layers, kinds):
         if kind in ("Add", "Concat") or (isinstance(item, dict) and "inputs" in item):
-            raise JointNetError(
-                f"HAT: cannot insert gates into a non-sequential backbone (item {item!r}); "
+            raise _fail(
+                f"cannot insert gates into a non-sequential backbone (item {item!r}); "
                 "place {'kind': 'Gate'} items yourself and pass insert_gates=False")
         if kind in _START and open_block:
             out.append({"kind": "Gate"})
             open_block = False
         elif kind not in _START and kind not in _CONTINUE and kind != "input" and open_block:
-            raise JointNetError(f"HAT: do not know where a block ends at {kind} (item {item!r})")
+            raise _fail(f"do not know where a block ends at {kind} (item {item!r})")
         out.append(dict(item) if isinstance(item, dict) else item)
         if kind in ("Conv2d", "Linear"):
             open_block = True
@@ -178,7 +225,11 @@ def compensation(e: torch.Tensor, s: float, s_max: float, thres_cosh: float = 50
 
 
 def cumulative_update(old: torch.Tensor | None, e: torch.Tensor, s_max: float) -> torch.Tensor:
-    """``a^{<=t} = max(a^{<=t-1}, sigmoid(s_max e^t))`` (just the gate when there is no old mask)."""
+    """``a^{<=t} = max(a^{<=t-1}, sigmoid(s_max e^t))`` (just the gate when there is no old mask).
+
+    >>> cumulative_update(torch.tensor([0.5, 0.0]), torch.tensor([-1.0, 1.0]), 400.0).tolist()
+    [0.5, 1.0]
+    """
     a = torch.sigmoid(s_max * e.detach())
     return a.clone() if old is None else torch.maximum(old.to(a.device), a)
 
@@ -197,8 +248,8 @@ def param_factor(info: ParamInfo, post: torch.Tensor, pre: torch.Tensor | None) 
 
     def along(v: torch.Tensor, axis: int, what: str) -> torch.Tensor:
         if v.numel() != info.shape[axis]:
-            raise JointNetError(f"HAT: the {what} gate has {v.numel()} units, the parameter "
-                                f"{info.shape} has {info.shape[axis]} along axis {axis}")
+            raise _fail(f"the {what} gate has {v.numel()} units, the parameter "
+                        f"{info.shape} has {info.shape[axis]} along axis {axis}")
         view = [1] * nd
         view[axis] = -1
         return v.reshape(view)
@@ -230,20 +281,20 @@ def gate_neighbours(net: JointNet, task: str, node: str) -> tuple[str | None, st
     head. `repeat` is how many input positions each pre-gate unit covers (H*W across a Flatten).
 
     Raises:
-        JointNetError: the walk meets a merge or another parametric layer before a gate.
+        StrategyError: the walk meets a merge or another parametric layer before a gate.
     """
 
-    def stuck(where: str, at: str) -> JointNetError:
-        return JointNetError(f"HAT: no {where} gate for node {node!r} on the route of task {task!r}: "
-                             f"the walk reaches {at!r} ({net.node(at).kind}) first")
+    def stuck(where: str, at: str) -> StrategyError:
+        return _fail(f"no {where} gate for node {node!r} on the route of task {task!r}: "
+                     f"the walk reaches {at!r} ({net.node(at).kind}) first", task)
 
     post = None
     cur = node
     while True:
         nxt = _next_on_route(net, task, cur)
         if len(nxt) != 1:
-            raise JointNetError(f"HAT: node {cur!r} feeds {len(nxt)} nodes on the route of task "
-                                f"{task!r}; gates need a sequential trunk")
+            raise _fail(f"node {cur!r} feeds {len(nxt)} nodes on the route of task "
+                        f"{task!r}; gates need a sequential trunk", task)
         cur = nxt[0]
         kind = net.node(cur).kind
         if kind == "Gate":
@@ -259,8 +310,8 @@ def gate_neighbours(net: JointNet, task: str, node: str) -> tuple[str | None, st
     while True:
         ins = net.inputs_of(cur, task)
         if len(ins) != 1:
-            raise JointNetError(f"HAT: node {cur!r} has {len(ins)} inputs on the route of task "
-                                f"{task!r}; gates need a sequential trunk")
+            raise _fail(f"node {cur!r} has {len(ins)} inputs on the route of task "
+                        f"{task!r}; gates need a sequential trunk", task)
         cur = ins[0]
         kind = net.node(cur).kind
         if kind == "Gate":
@@ -275,6 +326,35 @@ def gate_neighbours(net: JointNet, task: str, node: str) -> tuple[str | None, st
     return pre, post, repeat
 
 
+def conditioned_params(net: JointNet, task: str) -> dict[str, list[str]]:
+    """The parameters HAT conditions on `task`'s route: node -> trainable parameter names.
+
+    Every parametric trunk node (heads, gates and the input excepted) with its non-buffer
+    parameters, in route order.
+
+    Raises:
+        StrategyError: such a node has no gate after it (HAT could not protect it), or holds
+            grown channel groups.
+    """
+    head = net.tasks[task].head
+    out: dict[str, list[str]] = {}
+    for n in net.route(task):
+        node = net.node(n)
+        if n == head or node.kind in ("Gate", "Input"):
+            continue
+        names = [name for name, info in net.effective_spec(task, n).params().items() if not info.buffer]
+        if not names:
+            continue
+        if node.out_groups or node.in_groups:
+            raise _fail(f"node {n!r} holds channel groups (widened); not supported", task)
+        _, post, _ = gate_neighbours(net, task, n)
+        if post is None:
+            raise _fail(f"node {n!r} of task {task!r} has parameters but no gate after "
+                        "it, so HAT cannot protect them; add a Gate after its block", task)
+        out[n] = names
+    return out
+
+
 def cumulative_mask(net: JointNet, store: ParamStore, gate: str) -> torch.Tensor | None:
     """The gate's cumulative mask a^{<=t} from the store (None before the first task is done)."""
     ref = net.node(gate).annotations.get(CUM_MASK)
@@ -285,65 +365,82 @@ def embedding_key(net: JointNet, task: str, gate: str) -> str:
     """Store key of `task`'s own embedding on `gate`.
 
     Raises:
-        JointNetError: `task` has no embedding of its own there (see `add_task_embedding`).
+        StrategyError: `task` has no embedding of its own there (see `add_task_embedding`).
     """
     p = net.params_for(task, gate)["embedding"][0][0]
     if p.task != task:
-        raise JointNetError(f"HAT: task {task!r} has no embedding of its own on gate {gate!r}; "
-                            "apply add_task_embedding first")
+        raise _fail(f"task {task!r} has no embedding of its own on gate {gate!r}; "
+                    "apply add_task_embedding first", task)
     return p.key
 
 
-def conditioning(net: JointNet, store: ParamStore, task: str) -> dict[str, torch.Tensor]:
-    """HAT's gradient multipliers for training `task`: store key -> factor (broadcastable).
+def param_conditioning(net: JointNet, store: ParamStore, task: str, node: str, name: str) -> torch.Tensor | None:
+    """HAT's gradient multiplier of parameter `name` of `node` for training `task`.
 
-    Every trainable tensor of a parametric trunk node of `task`'s route (heads and gates excepted)
-    gets ``param_factor`` from the cumulative masks of its post and pre gates (a gate without a
-    mask counts as all zeros). Empty when no gate has a cumulative mask yet (the first task).
+    ``param_factor`` from the cumulative masks of the node's post and pre gates (a gate without
+    a mask counts as all zeros), broadcastable to the tensor. None while no gate of `task`'s
+    route has a cumulative mask (the first task): nothing is conditioned.
+
+    Raises:
+        StrategyError: the node has no gate after it, or holds channel groups.
     """
     gates = gates_on_route(net, task)
     cums = {g: cumulative_mask(net, store, g) for g in gates}
     if all(c is None for c in cums.values()):
-        return {}
+        return None
 
     def cum(g: str) -> torch.Tensor:
         c = cums[g]
         return torch.zeros(net.node(g).spec.units, device=store.device) if c is None else c.detach()
 
-    head = net.tasks[task].head
+    rows = net.params_for(task, node)[name]
+    if len(rows) != 1 or len(rows[0]) != 1:
+        raise _fail(f"node {node!r} holds channel groups (widened); not supported", task)
+    pre, post, repeat = gate_neighbours(net, task, node)
+    if post is None:
+        raise _fail(f"node {node!r} of task {task!r} has parameters but no gate after "
+                    "it, so HAT cannot protect them; add a Gate after its block", task)
+    a_pre = None if pre is None else cum(pre).repeat_interleave(repeat)
+    return param_factor(net.effective_spec(task, node).params()[name], cum(post), a_pre)
+
+
+def hat_provider(net: JointNet, store: ParamStore, task: str, node: str, param: Param) -> torch.Tensor | None:
+    """The ``"hat"`` gradient-rule provider (`jointnet.execution.optim.register_provider`): the
+    multiplier `param_conditioning` gives the block `param` of `node` (None: a no-op)."""
+    return param_conditioning(net, store, task, node, param.name)
+
+
+register_provider(PROVIDER, hat_provider)
+
+
+def conditioning(net: JointNet, store: ParamStore, task: str) -> dict[str, torch.Tensor]:
+    """HAT's gradient multipliers for training `task`: store key -> factor (broadcastable).
+
+    What the ``"hat"`` rules give every parameter of `conditioned_params`, by the parameter's
+    store key. Empty when no gate has a cumulative mask yet (the first task).
+    """
     out: dict[str, torch.Tensor] = {}
-    for n in net.route(task):
-        node = net.node(n)
-        if n == head or node.kind in ("Gate", "Input"):
-            continue
+    for n, names in conditioned_params(net, task).items():
         grid = net.params_for(task, n)
-        infos = net.effective_spec(task, n).params()
-        trainable = {name: rows for name, rows in grid.items() if not infos[name].buffer}
-        if not trainable:
-            continue
-        pre, post, repeat = gate_neighbours(net, task, n)
-        if post is None:
-            raise JointNetError(f"HAT: node {n!r} of task {task!r} has parameters but no gate after "
-                                "it, so HAT cannot protect them; add a Gate after its block")
-        a_post = cum(post)
-        a_pre = None if pre is None else cum(pre).repeat_interleave(repeat)
-        for name, rows in trainable.items():
-            if len(rows) != 1 or len(rows[0]) != 1:
-                raise JointNetError(f"HAT: node {n!r} holds channel groups (widened); not supported")
-            out[rows[0][0].key] = param_factor(infos[name], a_post, a_pre)
+        for name in names:
+            f = param_conditioning(net, store, task, n, name)
+            if f is None:
+                return {}
+            out[grid[name][0][0].key] = f
     return out
 
 
 def commit_masks(net: JointNet, store: ParamStore, task: str, s_max: float) -> JointNet:
     """The post-task pass: fold `task`'s gates at ``s_max`` into every gate's cumulative mask.
 
-    The new masks go into `store` under fresh keys; the returned net references them from the
-    gates' ``hat.cum_mask`` annotations and records `task` in the net annotation ``hat``.
+    The new masks go into `store` under new keys (`store_key`, `ParamStore.put`); the returned
+    net references them from the gates' ``hat.cum_mask`` annotations and records `task` in the
+    net annotation ``hat``. Older versions of the net keep their masks.
     """
     for g in gates_on_route(net, task):
         e = store[embedding_key(net, task, g)]
         new = cumulative_update(cumulative_mask(net, store, g), e, s_max)
-        key = f"{g}.{CUM_MASK}@{net.lineage}"
+        key = store_key(net, g, CUM_MASK)
         store.put(key, new, trainable=False)
         net = annotate(net, node=g, key=CUM_MASK, value=TensorRef(key))
     done = list(net.annotations.get(NET_KEY, {}).get("tasks", ()))
@@ -353,60 +450,59 @@ def commit_masks(net: JointNet, store: ParamStore, task: str, s_max: float) -> J
 # ---- hooks ----------------------------------------------------------------------------------
 
 
-class GateScale(Hooks):
-    """Evaluation hooks: run every gate at ``s = s_max``."""
-
-    def __init__(self, s_max: float):
-        self.s_max = s_max
-
-    def batch_context(self, module, ctx: dict) -> None:
-        module.gate_s = self.s_max
-
-
 class HATHooks(Hooks):
-    """Training hooks for one task: annealed s, ``c * R``, conditioning, compensation, clamping.
+    """Training hooks for one task: annealed s, ``c * R``, compensation, clipping, clamping.
+
+    The gradient conditioning is not here: it is the net's ``"hat"`` gradient rule, which the
+    trainer applies before `transform_grads`. The batch's gate scale goes from `context` to the
+    later hooks of the same batch through ``info["gate_scale"]``.
 
     Args:
-        embeddings: the task's own gate embeddings (store tensors, trained).
+        store: the run's store (the embeddings are clamped through `ParamStore.update`).
+        embeddings: (store key, tensor) of the task's own gate embeddings (trained).
         cums: the cumulative masks a^{<t} of the same gates (zeros for the first task).
-        factors: (parameter, gradient multiplier) pairs from `conditioning`.
-        params: every tensor the optimizer trains (clipped together).
+        params: every tensor the optimizer trains (clipped together), in the trainer's order.
+        train_context / eval_context: the task's contexts in train and eval mode; the hooks
+            replace their gate scale.
     """
 
-    def __init__(self, *, embeddings, cums, factors, params, s_max=400.0, c=0.75, thres_cosh=50.0,
-                 emb_clamp=6.0, clip_grad=10000.0):
+    def __init__(self, *, store: ParamStore, embeddings, cums, params, train_context: Context,
+                 eval_context: Context, s_max=400.0, c=0.75, thres_cosh=50.0, emb_clamp=6.0,
+                 clip_grad=10000.0):
+        self.store = store
         self.embeddings = list(embeddings)
         self.cums = list(cums)
-        self.factors = list(factors)
         self.params = list(params)
+        self.train_context = train_context
+        self.eval_context = attrs.evolve(eval_context, gate_scale=float(s_max))
         self.s_max = s_max
         self.c = c
         self.thres_cosh = thres_cosh
         self.emb_clamp = emb_clamp
         self.clip_grad = clip_grad
-        self.s = s_max
 
-    def batch_context(self, module, ctx: dict) -> None:
-        if ctx.get("training"):
-            self.s = anneal_s(ctx["batch"], ctx["n_batches"], self.s_max)
-        else:
-            self.s = self.s_max
-        module.gate_s = self.s
+    def context(self, info: dict) -> Context:
+        """The annealed ``s`` for a training batch, ``s_max`` for evaluation (stashed in `info`)."""
+        if info.get("training"):
+            s = anneal_s(info["batch"], info["n_batches"], self.s_max)
+            info["gate_scale"] = s
+            return attrs.evolve(self.train_context, gate_scale=s)
+        info["gate_scale"] = self.s_max
+        return self.eval_context
 
-    def extra_loss(self, module, x, y, logits, ctx: dict):
+    def extra_loss(self, module, x, y, logits, info: dict):
         if not self.c or not self.embeddings:
             return None
-        gates = [torch.sigmoid(self.s * e) for e in self.embeddings]
+        s = info.get("gate_scale", self.s_max)
+        gates = [torch.sigmoid(s * e) for _, e in self.embeddings]
         return self.c * hat_regulariser(gates, self.cums)
 
     @torch.no_grad()
-    def transform_grads(self, module, ctx: dict) -> None:
-        for p, f in self.factors:
-            if p.grad is not None:
-                p.grad.mul_(f)
-        for e in self.embeddings:
+    def transform_grads(self, module, info: dict) -> None:
+        s = info.get("gate_scale", self.s_max)
+        for _, e in self.embeddings:
             if e.grad is not None:
-                e.grad.mul_(compensation(e, self.s, self.s_max, self.thres_cosh))
+                e.grad.mul_(compensation(e, s, self.s_max, self.thres_cosh))
         if self.clip_grad:
             grads = [p.grad for p in self.params if p.grad is not None]
             total = torch.nn.utils.get_total_norm(grads)
@@ -416,30 +512,39 @@ class HATHooks(Hooks):
                 torch.nn.utils.clip_grads_with_norm_(self.params, self.clip_grad, total)
 
     @torch.no_grad()
-    def after_step(self, module, ctx: dict) -> None:
-        for e in self.embeddings:
-            e.clamp_(-self.emb_clamp, self.emb_clamp)
+    def after_step(self, module, info: dict) -> None:
+        for key, e in self.embeddings:
+            self.store.update(key, e.clamp(-self.emb_clamp, self.emb_clamp))
 
 
 # ---- the strategy ---------------------------------------------------------------------------
 
 
-@register("hat")
-@attrs.define
-class HAT(Strategy):
+
+
+
+
+@attrs.frozen
+class HAT:
     """HAT (Serra et al., ICML 2018; SPG spec §8.4): per-task hard attention gates on a shared trunk.
 
-    Options (defaults are the paper's code): see the module docstring. The runner starts from
-    `recommended_config` (the paper's optimizer and schedule); a run's own config overrides it.
+    Options (defaults are the paper's code; details in the module docstring): ``backbone`` =
+    None (`default_backbone`), ``insert_gates`` = True, ``s_max`` = 400.0, ``c`` = 0.75,
+    ``clip_grad`` = 10000.0 (None: off), ``thres_cosh`` = 50.0, ``emb_clamp`` = 6.0,
+    ``freeze_old_heads`` = True. The runner starts from `recommended_config` (the paper's
+    optimizer and schedule); a run's own config overrides it.
+
+    >>> HAT(s_max=100).s_max, HAT().clip_grad
+    (100.0, 10000.0)
     """
 
     recommended_config: ClassVar[dict[str, Any]] = RECOMMENDED_CONFIG
 
-    backbone: list | None = None
+    backbone: list | None = attrs.field(default=None, validator=backbone_option)
     insert_gates: bool = attrs.field(default=True, validator=instance_of(bool))
     s_max: float = attrs.field(default=400.0, converter=float, validator=gt(0.0))
     c: float = attrs.field(default=0.75, converter=float, validator=ge(0.0))
-    clip_grad: float | None = attrs.field(default=10000.0, validator=optional(gt(0)))
+    clip_grad: float | None = attrs.field(default=10000.0, validator=positive_or_none)
     thres_cosh: float = attrs.field(default=50.0, converter=float, validator=gt(0.0))
     emb_clamp: float = attrs.field(default=6.0, converter=float, validator=gt(0.0))
     freeze_old_heads: bool = attrs.field(default=True, validator=instance_of(bool))
@@ -449,50 +554,62 @@ class HAT(Strategy):
         layers = list(self.backbone or default_backbone(input_shape))
         return gated_layers(layers) if self.insert_gates else layers
 
-    def before_task(self, state: RunState, task, index: int) -> None:
-        if index == 0:
-            net = add_column(state.net, self.layers(task.input_shape), task.name, task.n_classes)
-            if not gates_on_route(net, task.name):
-                raise JointNetError("HAT: the backbone has no Gate layers; use insert_gates=True "
-                                    "or put {'kind': 'Gate'} items after its blocks")
-        else:
-            first = next(iter(state.net.tasks))
-            net = add_task(state.net, task=task.name)
-            net = bind(net, task=task.name, to=first)
-        for g in gates_on_route(net, task.name):
-            net = add_task_embedding(net, node=g, task=task.name)
-        if net.tasks[task.name].head is None:
-            net = add_head(net, task=task.name, n_classes=task.n_classes)
-        state.net = net
+    def prepare(self, net: JointNet, task: str, n_classes: int, input_shape) -> JointNet:
+        """The rewrites for a new task: the gated trunk (first task) or a binding to it, the
+        task's embeddings and head, the ``"hat"`` gradient rules (logged once, by the first task:
+        they hold for every task) and, for ``s_max != 400``, the task's inference context.
 
-    def hooks(self, state: RunState, task, index: int) -> HATHooks:
-        net, store, t = state.net, state.store, task.name
-        gates = gates_on_route(net, t)
-        embeddings = [store[embedding_key(net, t, g)] for g in gates]
+        Raises:
+            StrategyError: the backbone has no gates, or a parametric trunk node has no gate
+                after it.
+        """
+        if not net.tasks:
+            net = add_column(net, self.layers(input_shape), task, n_classes)
+            if not gates_on_route(net, task):
+                raise _fail("the backbone has no Gate layers; use insert_gates=True "
+                            "or put {'kind': 'Gate'} items after its blocks", task)
+        else:
+            first = next(iter(net.tasks))
+            net = bind(add_task(net, task=task), task=task, to=first)
+        for g in gates_on_route(net, task):
+            net = add_task_embedding(net, node=g, task=task)
+        if net.tasks[task].head is None:
+            net = add_head(net, task=task, n_classes=n_classes)
+        # One rule per distinct parameter list (a conv without bias, BatchNorm, ...); a rule
+        # already there changes nothing, so later tasks log nothing here.
+        by_names: dict[tuple[str, ...], list[str]] = {}
+        for n, names in conditioned_params(net, task).items():
+            by_names.setdefault(tuple(names), []).append(n)
+        for names, nodes in by_names.items():
+            net = set_grad_rule(net, nodes=nodes, params=list(names), kind="multiply", provider=PROVIDER)
+        if self.s_max != DEFAULT_GATE_SCALE:  # default runs keep the older logged rewrites
+            net = set_context(net, task=task, values={"gate_scale": self.s_max})
+        return net
+
+    def hooks(self, net: JointNet, store: ParamStore, task: str, lr: float) -> HATHooks:
+        """`HATHooks` for training `task` of `net` (realized in `store`) at learning rate `lr`."""
+        gates = gates_on_route(net, task)
+        embeddings = [(k, store[k]) for k in (embedding_key(net, task, g) for g in gates)]
         cums = []
-        for g, e in zip(gates, embeddings):
+        for g, (_, e) in zip(gates, embeddings):
             c = cumulative_mask(net, store, g)
             cums.append(torch.zeros_like(e.detach()) if c is None else c.detach())
-        factors = [(store[k], f) for k, f in conditioning(net, store, t).items()]
-        params = [p for grp in param_groups(net, store, t, state.config.lr) for p in grp["params"]]
-        return HATHooks(embeddings=embeddings, cums=cums, factors=factors, params=params,
-                        s_max=self.s_max, c=self.c, thres_cosh=self.thres_cosh,
-                        emb_clamp=self.emb_clamp, clip_grad=self.clip_grad)
+        return HATHooks(store=store, embeddings=embeddings, cums=cums, params=train_plan(net, store, task, lr).params,
+                        train_context=task_context(net, task, training=True),
+                        eval_context=task_context(net, task), s_max=self.s_max, c=self.c,
+                        thres_cosh=self.thres_cosh, emb_clamp=self.emb_clamp, clip_grad=self.clip_grad)
 
-    def eval_hooks(self, state: RunState, task_name: str) -> Hooks:
-        return GateScale(self.s_max)
-
-    def train_task(self, state: RunState, task, index: int):
-        if state.config.weight_decay > 0:
-            state.echo(f"HAT warning: weight_decay={state.config.weight_decay} erodes the weights "
-                       "HAT blocks (it is applied after gradient conditioning); use 0")
-        res = super().train_task(state, task, index)
-        # Leave the (cached) compiled module at inference scale, not the last annealed s.
-        compile_net(state.net, state.store, task.name).gate_s = self.s_max
-        return res
-
-    def after_task(self, state: RunState, task, index: int) -> None:
-        net = commit_masks(state.net, state.store, task.name, self.s_max)
+    def step(self, net: JointNet, run: TaskRun) -> JointNet:
+        """Add `run.task` (`prepare`), train it under the ``"hat"`` rules and `HATHooks`, fold its
+        gates into the cumulative masks (`commit_masks`) and freeze its head."""
+        task = run.task
+        net = self.prepare(net, task.name, task.n_classes, task.input_shape)
+        if run.config.weight_decay > 0 and run.echo is not None:
+            run.echo(f"HAT warning: weight_decay={run.config.weight_decay} erodes the weights "
+                     "HAT blocks (it is applied after gradient conditioning); use 0")
+        run.store.realize(net)
+        run.train(net, hooks=self.hooks(net, run.store, task.name, run.config.lr))
+        net = commit_masks(net, run.store, task.name, self.s_max)
         if self.freeze_old_heads:
             net = freeze(net, nodes=net.tasks[task.name].head)
-        state.net = net
+        return net

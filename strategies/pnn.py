@@ -20,9 +20,11 @@ features (``head.tK.lat.tJ`` -> ``head.tK.add`` -> ``head.tK``). Each task's ann
 ``pnn.outputs`` maps every backbone layer name to the node that column's successors read, so a
 resumed run continues from the snapshot alone.
 
-Choices the paper leaves open, each an option of `PNN` (defaults first):
+Options of `PNN` (defaults first); all but the first are choices the paper leaves open:
 
-- ``adapter``: ``"linear"`` is paper eq. (1): one linear map U^(k:j) per earlier column
+- ``backbone`` = None: the column, a declarative layer list; None is `default_backbone` of the
+  stream's input shape.
+- ``adapter`` = ``"linear"``: ``"linear"`` is paper eq. (1): one linear map U^(k:j) per earlier column
   (Linear without bias, or a Conv2d without bias, see ``lateral_conv``). ``"mlp"`` is the
   paper's adapter, eq. (2), ``U sigma(V alpha h)``, in a simplified form: the earlier columns'
   activations are concatenated (Concat), reduced by V (a bias-free Linear, or a 1x1 Conv2d, to
@@ -30,11 +32,11 @@ Choices the paper leaves open, each an option of `PNN` (defaults first):
   learned scalar alpha is folded into V (alpha V is again a linear map, so the function class is
   the same; only alpha's small random initialisation, which the paper uses to balance input
   scales, is not reproduced).
-- ``lateral_conv``: ``"same"`` gives a conv lateral the kernel, stride and padding of the layer
+- ``lateral_conv`` = ``"same"``: ``"same"`` gives a conv lateral the kernel, stride and padding of the layer
   it feeds, so its output always matches the layer's; ``"1x1"`` uses 1x1 convolutions (the
   paper's choice for its convolutional columns), which needs layers that keep the spatial size
   up to stride (e.g. 3x3 with padding 1).
-- ``head_laterals``: True also sends laterals into the output layer (the paper's columns have
+- ``head_laterals`` = True: True also sends laterals into the output layer (the paper's columns have
   laterals into every layer above the first); False gives every column its own head only.
 
 Fixed choices, documented:
@@ -44,10 +46,13 @@ Fixed choices, documented:
   column's own Flatten is the source. Layers whose input does not depend on any weight (the
   first layer, after parameter-free ops such as Flatten of the input) get no laterals: they would
   duplicate the column's own input.
-- BatchNorm nodes of earlier columns get per-task statistics for the new task (`per_task_bn`,
-  copied, and frozen with the column): training task k runs the earlier columns in train mode,
-  which would otherwise move their running statistics and change the finished tasks' outputs.
-  Dropout in earlier columns stays active while task k trains.
+- Earlier columns are frozen for the new task (`freeze`, node level): they get no gradient and
+  no optimizer state. Their BatchNorm nodes get per-task statistics for the new task
+  (`per_task_bn`, copied) and, being frozen, normalise with them and never update them, so
+  training task k cannot move the statistics the finished tasks read. Dropout in earlier
+  columns stays active while task k trains.
+- Training is the trainer's, under the net's policy, with no hooks; the run's `TrainConfig`
+  decides optimizer and schedule.
 """
 
 from __future__ import annotations
@@ -55,21 +60,27 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from attrs.validators import in_, instance_of
 
 from jointnet import backbones
-from jointnet.errors import JointNetError, RewriteError
-from jointnet.graph.layers import Linear
-from jointnet.graph.net import JointNet
+from jointnet.errors import RewriteError, StrategyError
+from jointnet.experiments.strategy import TaskRun, backbone_option, default_backbone
 from jointnet.graph import (
     add_head, add_input, add_node, add_task, annotate, freeze, per_task_bn, route_through,
 )
+from jointnet.graph.layers import Linear
+from jointnet.graph.net import JointNet
 from jointnet.graph.shapes import task_shapes
-from strategies.base import RunState, Strategy, default_backbone, register
 
-__all__ = ["PNN", "column_items", "add_progressive_column", "OUTPUTS"]
+__all__ = ["OUTPUTS", "PNN", "add_progressive_column", "column_items"]
 
 OUTPUTS = "pnn.outputs"  # task annotation: backbone layer name -> node its successors read
 _WEIGHTED = ("Conv2d", "Linear")
+
+
+def _fail(message: str, task: str | None = None) -> StrategyError:
+    """PNN's error for a situation it cannot handle (named after the strategy and the task)."""
+    return StrategyError(message, strategy="pnn", task=task)
 
 
 def column_items(layers: list) -> tuple[tuple[int, ...] | None, list[tuple[str, str, Any, list[str]]]]:
@@ -136,7 +147,7 @@ def _same_as(spec, lateral_conv: str) -> dict:
 
 
 def _laterals(
-    net: JointNet, task: str, own: str, target, srcs: list[tuple[str, str]], opts: "PNN", name: str | None = None,
+    net: JointNet, task: str, own: str, target, srcs: list[tuple[str, str]], opts: PNN, name: str | None = None,
 ) -> tuple[JointNet, str]:
     """Sum `own`'s output with laterals from `srcs` ((earlier task, node)); returns the merge id.
 
@@ -170,17 +181,21 @@ def _laterals(
         net = add_node(net, node=merge, spec={"kind": "add"}, inputs=terms, task=task)
     except RewriteError as e:
         hint = " (try lateral_conv='same')" if opts.lateral_conv == "1x1" else ""
-        raise JointNetError(f"PNN: the laterals into {own!r} do not fit its output{hint}: {e}") from None
+        raise _fail(f"the laterals into {own!r} do not fit its output{hint}: {e}", task) from None
     return net, merge
 
 
 def add_progressive_column(
-    net: JointNet, layers: list, task: str, n_classes: int, opts: "PNN | None" = None,
+    net: JointNet, layers: list, task: str, n_classes: int, opts: PNN | None = None,
 ) -> JointNet:
     """Add `task` with its own column of `layers`, laterals from every earlier PNN column, a head.
 
     The earlier tasks must have been added by this function (they carry ``pnn.outputs``). Node
     ids are the backbone names for the first column and ``NAME.TASK`` after it.
+
+    Raises:
+        StrategyError: an empty backbone, an earlier task that is not a PNN column, laterals that
+            do not fit the layer they feed, or a head on features that are not flat.
 
     >>> net = add_progressive_column(JointNet.empty(), backbones.mlp(4, [8, 8]), "t1", 2)
     >>> net = add_progressive_column(net, backbones.mlp(4, [8, 8]), "t2", 2)
@@ -190,15 +205,15 @@ def add_progressive_column(
     opts = opts or PNN()
     shape, items = column_items(layers)
     if not items:
-        raise JointNetError("PNN: the backbone has no layers")
+        raise _fail("the backbone has no layers", task)
     earlier = list(net.tasks)
     for j in earlier:
         if OUTPUTS not in net.tasks[j].annotations:
-            raise JointNetError(f"PNN: task {j!r} has no {OUTPUTS!r} annotation; it was not added as a PNN column")
+            raise _fail(f"task {j!r} has no {OUTPUTS!r} annotation; it was not added as a PNN column", task)
     outs_of = {j: dict(net.tasks[j].annotations[OUTPUTS]) for j in earlier}
     if "input" not in net:
         if shape is None:
-            raise JointNetError("PNN: the backbone must start with an input item on an empty net")
+            raise _fail("the backbone must start with an input item on an empty net", task)
         net = add_input(net, node="input", shape=shape)
     net = add_task(net, task=task)
     srcs = _sources(items, opts.head_laterals)
@@ -218,7 +233,7 @@ def add_progressive_column(
     if earlier and opts.head_laterals and dep[items[-1][0]]:
         width = task_shapes(net, task)[top]
         if len(width) != 1:
-            raise JointNetError(f"PNN: the head needs flat features; {top!r} gives {width}")
+            raise _fail(f"the head needs flat features; {top!r} gives {width}", task)
         pairs = [(j, outs_of[j][items[-1][0]]) for j in earlier]
         net, top = _laterals(net, task, top, Linear(in_f=width[0], out_f=width[0]), pairs, opts, name=f"head.{task}")
     net = add_head(net, task=task, n_classes=n_classes, after=top)
@@ -233,21 +248,30 @@ def add_progressive_column(
     return net
 
 
-@register("pnn")
-@attrs.define
-class PNN(Strategy):
+
+
+@attrs.frozen
+class PNN:
     """Progressive Neural Networks (Rusu et al. 2016): a new column per task, laterals, no forgetting.
 
-    Options (see the module docstring): ``backbone`` (default: `default_backbone` of the
+    Options (details in the module docstring): ``backbone`` = None (`default_backbone` of the
     stream's input shape), ``adapter`` = ``"linear"`` (paper eq. 1) | ``"mlp"`` (eq. 2 without
     the scalar), ``lateral_conv`` = ``"same"`` | ``"1x1"``, ``head_laterals`` = True.
+
+    >>> PNN().adapter, PNN(head_laterals=False).head_laterals
+    ('linear', False)
     """
 
-    backbone: list | None = None
-    adapter: str = attrs.field(default="linear", validator=attrs.validators.in_(("linear", "mlp")))
-    lateral_conv: str = attrs.field(default="same", validator=attrs.validators.in_(("same", "1x1")))
-    head_laterals: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    backbone: list | None = attrs.field(default=None, validator=backbone_option)
+    adapter: str = attrs.field(default="linear", validator=in_(("linear", "mlp")))
+    lateral_conv: str = attrs.field(default="same", validator=in_(("same", "1x1")))
+    head_laterals: bool = attrs.field(default=True, validator=instance_of(bool))
 
-    def before_task(self, state: RunState, task, index: int) -> None:
+    def step(self, net: JointNet, run: TaskRun) -> JointNet:
+        """Add `run.task`'s column (`add_progressive_column`) and train it; earlier columns are
+        frozen for it, so nothing else changes."""
+        task = run.task
         layers = self.backbone or default_backbone(task.input_shape)
-        state.net = add_progressive_column(state.net, layers, task.name, task.n_classes, self)
+        net = add_progressive_column(net, layers, task.name, task.n_classes, self)
+        run.train(net)
+        return net

@@ -1,26 +1,37 @@
-"""Progressive Nets and PackNet: graph structure, ownership, zero forgetting, runner and resume."""
+"""Progressive Nets and PackNet: graph structure, ownership, train policy (and PackNet's training
+arithmetic against the pre-Core-2 hooks, bit for bit), zero forgetting, runner and resume."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
+import attrs
 import pytest
 import torch
+from torch import nn
 
 from jointnet import backbones, snapshot
-from jointnet.graph.check import check
+from jointnet.errors import JointNetError, RewriteError, StrategyError
 from jointnet.execution.compile import compile_net
-from jointnet.errors import JointNetError, RewriteError
-from jointnet.graph.net import JointNet, TensorRef
+from jointnet.execution.optim import train_plan
 from jointnet.execution.store import ParamStore
-from jointnet.graph.draft import replay
-from jointnet.graph import add_head, add_node, add_task, bind, clone_node, route_through
-from jointnet.experiments.runner import RunSpec, resume, run
+from jointnet.experiments.runner import RunSpec, resume, run, run_tasks
+from jointnet.experiments.strategy import get
 from jointnet.experiments.streams import get_stream
-from jointnet.experiments.trainer import TrainConfig
-from strategies.base import RunState, get
-from strategies.packnet import OWNER, PackNet, PackNetHooks, owner_tensor, prune_free, task_id, trunk_nodes
+from jointnet.experiments.trainer import Hooks, TrainConfig, train_task
+from jointnet.graph import (
+    add_head, add_node, add_task, bind, clear_grad_rules, clone_node, freeze, route_through, set_grad_rule,
+    track_owners, unfreeze,
+)
+from jointnet.graph.check import check
+from jointnet.graph.draft import replay
+from jointnet.graph.net import GradRule, JointNet, OwnerMap
+from strategies.packnet import (
+    FREE, MASK, PackNet, claim, live_mask, owner_tensor, owner_value, prune_free, retrain_epochs,
+    trunk_nodes,
+)
 from strategies.pnn import OUTPUTS, PNN, add_progressive_column, column_items
 
 SHAPE = (1, 8, 8)
@@ -46,46 +57,41 @@ def _probe(n: int = 8) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _out(state: RunState, task: str, x: torch.Tensor) -> torch.Tensor:
-    m = compile_net(state.net, state.store, task)
+def _out(net: JointNet, store: ParamStore, task: str, x: torch.Tensor) -> torch.Tensor:
+    m = compile_net(net, store, task)
     m.eval()
     return m(x).clone()
 
 
-def _drive(strategy, stream, config=CONFIG, after=None) -> RunState:
-    """The runner's per-task steps, without files; `after(state, i)` runs after every task."""
-    state = RunState(net=JointNet.empty(), store=ParamStore(seed=0), stream=stream, config=config,
-                     echo=lambda msg: None)
-    for i, task in enumerate(stream.tasks):
-        torch.manual_seed(i)
-        strategy.before_task(state, task, i)
-        state.store.realize(state.net)
-        strategy.train_task(state, task, i)
-        strategy.after_task(state, task, i)
-        state.store.realize(state.net)
-        check(state.net)
+def _drive(strategy, stream, config=CONFIG, after=None) -> tuple[JointNet, ParamStore]:
+    """The runner's loop (`run_tasks`), without files; `after(net, store, i)` runs after every
+    task. Returns the last net and the store."""
+    net = store = None
+    for o in run_tasks(strategy, stream, config, seed=0, echo=None):
+        net, store = o.net, o.store
+        check(net)
         if after is not None:
-            after(state, i)
-    return state
+            after(net, store, o.index)
+    return net, store
 
 
-def _assert_no_forgetting(strategy, stream=None, config=CONFIG) -> RunState:
+def _assert_no_forgetting(strategy, stream=None, config=CONFIG) -> tuple[JointNet, ParamStore]:
     """Every finished task's eval outputs on a probe stay bit-identical through later tasks."""
     stream = stream or _stream()
     x = _probe()
     first: dict[str, torch.Tensor] = {}
 
-    def after(state, i):
-        for t in list(state.net.tasks)[: i + 1]:
-            out = _out(state, t, x)
+    def after(net, store, i):
+        for t in list(net.tasks)[: i + 1]:
+            out = _out(net, store, t, x)
             if t not in first:
                 first[t] = out
             else:
                 assert torch.equal(out, first[t]), f"task {t} changed after training task {i + 1}"
 
-    state = _drive(strategy, stream, config, after)
+    net, store = _drive(strategy, stream, config, after)
     assert set(first) == {"t1", "t2", "t3"}
-    return state
+    return net, store
 
 
 # ---- route_through (the core rewrite PNN needs) ---------------------------------------------
@@ -150,6 +156,7 @@ def test_pnn_laterals_from_every_earlier_column(layers):
     weighted = [(n, ins[0]) for n, kind, _, ins in items if kind in ("Conv2d", "Linear")]
     for k, t in enumerate(names):
         outs = net.tasks[t].annotations[OUTPUTS]
+        assert set(outs) == {name for name, *_ in items}  # every backbone layer, to its node
         for j in names[:k]:
             theirs = net.tasks[j].annotations[OUTPUTS]
             for layer, src in weighted[1:]:  # the first layer reads the shared input: no laterals
@@ -199,10 +206,22 @@ def test_pnn_mlp_adapter_and_1x1_laterals():
 @pytest.mark.parametrize("options", [{"backbone": CONV_BN}, {"backbone": MLP, "adapter": "mlp"}],
                          ids=["conv_bn_linear", "mlp_adapter"])
 def test_pnn_finished_tasks_bit_identical(options):
-    state = _assert_no_forgetting(get("pnn", **options))
+    net, _ = _assert_no_forgetting(get("pnn", **options))
     # BatchNorm of earlier columns: later tasks got their own statistics (copied).
     if options["backbone"] is CONV_BN:
-        assert state.net.node("bn1").param("running_mean", task="t3") is not None
+        assert net.node("bn1").param("running_mean", task="t3") is not None
+
+
+@pytest.mark.parametrize("layers,lineage", [(MLP, "17d05fff7231"), (CONV_BN, "f386127876ca")], ids=["mlp", "conv_bn"])
+def test_pnn_logs_the_rewrites_it_always_logged(layers, lineage):
+    """Fresh tensors are seeded by keys that include the lineage (a hash of every logged
+    rewrite): these are the lineages the pre-Core-2 PNN reached, so a run with the same seed
+    gives the same numbers. A change here changes every PNN result."""
+    net = JointNet.empty()
+    for t in ("t1", "t2", "t3"):
+        net = add_progressive_column(net, layers, t, 2)
+    assert net.lineage == lineage
+    assert "set_grad_rule" not in [r.name for r in net.log]
 
 
 # ---- PackNet ----------------------------------------------------------------------------------
@@ -210,31 +229,194 @@ def test_pnn_finished_tasks_bit_identical(options):
 
 def test_prune_free_takes_the_smallest_free_weights():
     w = torch.tensor([3.0, -0.5, 0.1, 2.0, -0.2, 0.0])
-    owner = torch.tensor([0, 0, 1, 0, 0, 2], dtype=torch.int16)
+    owner = torch.tensor([0, 0, 1, 0, 0, 2], dtype=torch.int32)
     assert prune_free(w, owner, 0.5).tolist() == [False, True, False, False, True, False]
     assert not prune_free(w, owner, 0.0).any()
     assert prune_free(w, owner, 1.0).tolist() == [True, True, False, True, True, False]
 
 
+def test_claim_and_live_mask_by_hand():
+    owner = torch.tensor([0, 0, 4, 0, 9], dtype=torch.int32)
+    cut = torch.tensor([False, True, False, False, False])
+    new = claim(owner, cut, 7)
+    assert new.tolist() == [7, FREE, 4, 7, 9] and new.dtype == torch.int32
+    assert live_mask(new, 7).tolist() == [True, False, True, True, False]  # 9: a later task's
+    assert retrain_epochs(None, TrainConfig(epochs=1)) == 1 and retrain_epochs(3, TrainConfig(epochs=0)) == 0
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_packnet_hooks_keep_owned_weights_bit_exact(optimizer):
-    torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(6, 5))
-    b = torch.nn.Parameter(torch.randn(6))
-    owned = torch.rand(6, 5) < 0.5
-    before_w, before_b = w.detach().clone(), b.detach().clone()
-    hooks = PackNetHooks([(w, owned)], [b])
-    opt = (torch.optim.SGD([w, b], lr=0.1, momentum=0.9, weight_decay=0.1) if optimizer == "sgd"
-           else torch.optim.Adam([w, b], lr=0.1, weight_decay=0.1))
-    for _ in range(5):
-        opt.zero_grad()
-        (torch.randn(3, 5) @ w.t() + b).pow(2).sum().backward()
-        hooks.transform_grads(None, {})
-        opt.step()
-        hooks.after_step(None, {})
-    assert torch.equal(w.detach()[owned], before_w[owned])
-    assert torch.equal(b.detach(), before_b)
-    assert not torch.equal(w.detach()[~owned], before_w[~owned])  # the free ones did train
+def test_owned_rule_and_bias_freeze_keep_weights_bit_exact(optimizer):
+    """The policy PackNet uses, on its own: the "owned" freeze rule keeps the weights another
+    task owns bit-exact, a per-parameter freeze keeps the bias, under momentum / Adam and weight
+    decay; the free weights train."""
+    net = backbones.build(backbones.mlp(5, [6]), task="t1", n_classes=2)
+    net = track_owners(net, node="fc1", param="weight", granularity="param")
+    net = set_grad_rule(net, nodes="fc1", params="weight", kind="freeze", provider="owned")
+    net = freeze(net, nodes="fc1", task="t1", params=["bias"])
+    store = ParamStore(seed=0).realize(net)
+    w, b = (net.node("fc1").param(n) for n in ("weight", "bias"))
+    g = torch.Generator().manual_seed(0)
+    owned = torch.rand(6, 5, generator=g) < 0.5
+    mine = net.tasks["t1"].added_at
+    store.update(w.owners.key, torch.where(owned, mine + 1, torch.where(torch.rand(6, 5, generator=g) < 0.5, mine, FREE)))
+    before_w, before_b = store[w.key].detach().clone(), store[b.key].detach().clone()
+    x, y = torch.randn(24, 5, generator=g), torch.randint(0, 2, (24,), generator=g)
+    config = TrainConfig(epochs=3, batch_size=8, lr=0.1, momentum=0.9, weight_decay=0.1, optimizer=optimizer)
+    train_task(net, store, "t1", (x, y), None, config)
+    assert torch.equal(store[w.key].detach()[owned], before_w[owned])
+    assert torch.equal(store[b.key].detach(), before_b)
+    assert not torch.equal(store[w.key].detach()[~owned], before_w[~owned])  # the free ones did train
+
+
+def test_packnet_policy_is_owner_maps_rules_and_frozen_biases_and_masks():
+    p = PackNet(backbone=CONV_BN)
+    net = JointNet.empty()
+    for t in ("t1", "t2", "t3"):
+        net = p.prepare(net, t, 2, SHAPE)
+    check(net)
+    trunk = trunk_nodes(net)
+    assert trunk == ["conv1", "conv2", "fc1"]
+    names = [r.name for r in net.log]
+    # Logged once, by the first task, for every task: owner maps, the owned rule, the mask freeze.
+    assert names.count("track_owners") == 3 and names.count("set_grad_rule") == 1
+    rule = GradRule("freeze", provider="owned")
+    store = ParamStore(seed=0).realize(net)
+    for n in trunk:
+        w = net.node(n).param("weight")
+        assert w.owners == OwnerMap(w.owners.key, "param")
+        assert store[w.owners.key].dtype == torch.int32 and not store[w.owners.key].any()
+    for i, t in enumerate(net.tasks):
+        for n in trunk:
+            pol = net.policy_for(t, n)
+            assert pol.param("weight").rules == (rule,) and not pol.param("weight").frozen
+            assert pol.param(f"mask:{MASK}").frozen
+            if "bias" in net.node(n).spec.params():  # conv1 has none
+                assert bool(pol.param("bias").frozen) == (i > 0)  # biases train with the first task only
+        tp = train_plan(net, store, t, 0.1)
+        trained = {id(x) for x in tp.params}
+        for n in trunk:
+            node = net.node(n)
+            assert id(store[node.param("weight").key]) in trained
+            assert id(store[node.mask(t, kind=MASK).key]) not in trained
+            if node.param("bias") is not None:
+                assert (id(store[node.param("bias").key]) in trained) == (i == 0)
+        assert tp.freezes == []  # every owner map is still all free: nothing to hold back
+    # Once another task owns entries, the owned rule freezes exactly those.
+    w = net.node("fc1").param("weight")
+    owners = torch.zeros(w.shape, dtype=torch.int32)
+    owners[0] = owner_value(net, "t1")
+    store.update(w.owners.key, owners)
+    tp = train_plan(net, store, "t2", 0.1)
+    assert [id(x) for x, _, _ in tp.freezes] == [id(store[w.key])]
+    assert torch.equal(tp.freezes[0][1], owners != 0)
+    assert owner_value(net, "t1") < owner_value(net, "t2") < owner_value(net, "t3")
+    assert owner_value(net, "t1") > FREE
+
+
+class _PreCore2Hooks(Hooks):
+    """The pre-Core-2 `PackNetHooks`, re-implemented from the old code: zero the gradient of the
+    weights earlier tasks own (``owner != 0 and owner < me``), drop the gradients of the trunk
+    biases (after task 1) and of the live masks, and copy the owned weights back after the step."""
+
+    def __init__(self, net, store, task):
+        me = owner_value(net, task)
+        self.frozen, self.no_grad = [], []
+        for n in trunk_nodes(net):
+            node = net.node(n)
+            owner = owner_tensor(net, store, n)
+            w, m = store[node.param("weight").key], (owner != FREE) & (owner < me)
+            if bool(m.any()):
+                self.frozen.append((w, m, w.detach().clone()))
+            if net.task_order(task) > 0 and node.param("bias") is not None:
+                self.no_grad.append(store[node.param("bias").key])
+            self.no_grad.append(store[node.mask(task, kind=MASK).key])
+
+    def transform_grads(self, module, info):
+        for w, m, _ in self.frozen:
+            if w.grad is not None:
+                w.grad.masked_fill_(m, 0.0)
+        for t in self.no_grad:
+            t.grad = None
+
+    @torch.no_grad()
+    def after_step(self, module, info):
+        for w, m, saved in self.frozen:
+            w.copy_(torch.where(m, saved, w))
+
+
+@torch.no_grad()
+def _old_prune(net, store, task, fraction, free_init):
+    """The pre-Core-2 `PackNet.prune_task`, re-implemented from the old code: weights and masks
+    written in place (the old code wrote behind the store's back; so does this test's twin)."""
+    me = owner_value(net, task)
+    for n in trunk_nodes(net):
+        node = net.node(n)
+        w = store[node.param("weight").key]
+        owner = store[node.param("weight").owners.key]
+        cut = prune_free(w, owner, fraction)
+        new = torch.where(owner == FREE, torch.full_like(owner, me), owner)
+        new = torch.where(cut, torch.full_like(owner, FREE), new)
+        if free_init == "zero":
+            w.masked_fill_(cut, 0.0)
+        mask = store[node.mask(task, kind=MASK).key]
+        mask.copy_(((new != FREE) & (new <= me)).to(mask.dtype))
+        owner.copy_(new)
+
+
+def _twin(store: ParamStore) -> ParamStore:
+    """An independent store holding copies of `store`'s tensors (Parameters stay Parameters)."""
+    copies = {k: nn.Parameter(v.detach().clone()) if isinstance(v, nn.Parameter) else v.detach().clone()
+              for k, v in store.tensors.items()}
+    return ParamStore(seed=store.seed, device=store.device).load(copies)
+
+
+@pytest.mark.parametrize("optimizer,free_init", [("sgd", "zero"), ("adam", "keep")])
+def test_packnet_training_arithmetic_is_the_pre_core2_hooks_bit_for_bit(optimizer, free_init):
+    """Task 2 trained, pruned and retrained under the policy (owned rule, frozen biases and
+    masks, `ParamStore.update`) and under the old hooks and in-place pruning on a net without
+    that policy: every tensor is bit-identical after each phase."""
+    p = PackNet(backbone=CONV_BN, free_init=free_init, prune=[0.5, 0.75])
+    stream = _stream(2)
+    config = attrs.evolve(CONFIG, optimizer=optimizer)
+    first = next(run_tasks(p, stream, config, seed=0, echo=None))  # t1 trained, pruned, committed
+    task = stream.tasks[1]
+    net = p.prepare(first.net, task.name, task.n_classes, task.input_shape)
+    new_store = first.store.realize(net)
+    old_store = _twin(new_store)
+    trunk = trunk_nodes(net)
+    # The old net: the same tensors without the policy (the old code did all of it in hooks).
+    old_net = clear_grad_rules(net, nodes=trunk, params="weight")
+    old_net = unfreeze(old_net, nodes=trunk, params=[f"mask:{MASK}"])
+    old_net = unfreeze(old_net, nodes=[n for n in trunk if net.node(n).param("bias") is not None], task="t2",
+                       params=["bias"])
+    plan = train_plan(old_net, old_store, "t2", config.lr)
+    assert plan.freezes == [] and len(plan.params) > len(train_plan(net, new_store, "t2", config.lr).params)
+    owned_before = {n: owner_tensor(net, new_store, n) != FREE for n in trunk}
+    assert all(bool(m.any()) for m in owned_before.values())  # task 1 owns weights: the rules matter
+    keep = {n: new_store[net.node(n).param("weight").key].detach().clone() for n in trunk}
+
+    def same(phase):
+        assert set(new_store.tensors) == set(old_store.tensors)
+        for k in new_store:
+            assert torch.equal(new_store[k], old_store[k]), (phase, k)
+
+    res_new = train_task(net, new_store, "t2", task.train, task.val, config, None, task_index=1)
+    res_old = train_task(old_net, old_store, "t2", task.train, task.val, config,
+                         _PreCore2Hooks(old_net, old_store, "t2"), task_index=1)
+    assert res_new.history == res_old.history
+    same("train")
+    p.prune_task(net, new_store, "t2", p.fraction(1))
+    _old_prune(old_net, old_store, "t2", p.fraction(1), free_init)
+    same("prune")
+    again = attrs.evolve(config, epochs=1)
+    train_task(net, new_store, "t2", task.train, task.val, again, None, task_index=1)
+    train_task(old_net, old_store, "t2", task.train, task.val, again, _PreCore2Hooks(old_net, old_store, "t2"),
+               task_index=1)
+    same("retrain")
+    for n in trunk:  # not vacuous: task 1's weights are exact, task 2's moved
+        w = new_store[net.node(n).param("weight").key].detach()
+        m = owned_before[n]
+        assert torch.equal(w[m], keep[n][m]) and not torch.equal(w[~m], keep[n][~m]), n
 
 
 @pytest.mark.parametrize("options", [
@@ -251,21 +433,24 @@ def test_packnet_ownership_nested_disjoint_and_pruned_fraction(prune):
     strategy = PackNet(backbone=CONV_BN, prune=prune)
     owners: list[dict[str, torch.Tensor]] = []
 
-    def after(state, i):
-        owners.append({n: owner_tensor(state.net, state.store, n).clone() for n in trunk_nodes(state.net)})
+    def after(net, store, i):
+        owners.append({n: owner_tensor(net, store, n).clone() for n in trunk_nodes(net)})
 
-    state = _drive(strategy, _stream(), after=after)
-    net, store = state.net, state.store
+    net, store = _drive(strategy, _stream(), after=after)
     trunk = trunk_nodes(net)
     assert trunk == ["conv1", "conv2", "fc1"]
     final = owners[-1]
+    values = [owner_value(net, t) for t in net.tasks]
+    assert values == sorted(set(values)) and values[0] > FREE  # distinct, increasing in task order
     for n in trunk:
-        ref = net.node(n).param("weight").annotations[OWNER]
-        assert isinstance(ref, TensorRef) and store[ref.key].dtype == torch.int16
+        owners_map = net.node(n).param("weight").owners
+        assert isinstance(owners_map, OwnerMap) and owners_map.granularity == "param"
+        assert store[owners_map.key].dtype == torch.int32
+        assert set(final[n].unique().tolist()) <= {FREE, *values}
         before = torch.zeros_like(final[n])
         for i, t in enumerate(net.tasks):
-            me = task_id(net, t)
-            assert me == i + 1
+            me = owner_value(net, t)
+            assert me == net.tasks[t].added_at
             after_t = owners[i][n]
             # earlier owners never change; each weight has at most one owner
             assert torch.equal(after_t[before != 0], before[before != 0])
@@ -276,26 +461,28 @@ def test_packnet_ownership_nested_disjoint_and_pruned_fraction(prune):
             # task t's committed mask = union of the owners 1..t, on the final ownership too
             m = net.node(n).mask(t)
             assert m.state == "committed" and m.granularity == "param"
-            bits = store[m.key]
-            assert torch.equal(bits, ((final[n] >= 1) & (final[n] <= me)).float())
-            assert torch.equal(bits, ((after_t >= 1) & (after_t <= me)).float())
+            assert store[m.key].dtype == torch.uint8  # packed bits
+            bits = store.unpacked(m.key, m.shape)
+            assert torch.equal(bits, ((final[n] != FREE) & (final[n] <= me)).float())
+            assert torch.equal(bits, ((after_t != FREE) & (after_t <= me)).float())
             before = after_t
-        masks = [store[net.node(n).mask(t).key] for t in net.tasks]
-        for a, b in zip(masks, masks[1:]):
+        masks = [store.unpacked(net.node(n).mask(t).key, net.node(n).mask(t).shape) for t in net.tasks]
+        for a, b in itertools.pairwise(masks):
             assert torch.all(a <= b)  # nested
         # free_init="zero": weights nobody owns hold 0
         assert torch.all(store[net.node(n).param("weight").key].detach()[final[n] == 0] == 0)
 
 
 def test_packnet_snapshot_round_trip_keeps_ownership(tmp_path):
-    state = _drive(PackNet(backbone=MLP), _stream(2))
-    snapshot.save(tmp_path / "s.jn", state.net, state.store)
+    net0, store0 = _drive(PackNet(backbone=MLP), _stream(2))
+    snapshot.save(tmp_path / "s.jn", net0, store0)
     net, store = snapshot.load(tmp_path / "s.jn")
+    assert net == net0
     for n in trunk_nodes(net):
-        assert torch.equal(owner_tensor(net, store, n), owner_tensor(state.net, state.store, n))
+        assert torch.equal(owner_tensor(net, store, n), owner_tensor(net0, store0, n))
     x = _probe()
     for t in net.tasks:
-        assert torch.equal(_out(RunState(net, store, None, CONFIG), t, x), _out(state, t, x))
+        assert torch.equal(_out(net, store, t, x), _out(net0, store0, t, x))
 
 
 # ---- through the runner -----------------------------------------------------------------------
@@ -347,10 +534,27 @@ def test_options_are_validated():
     with pytest.raises(ValueError):
         PackNet(prune=1.5)
     with pytest.raises(ValueError):
+        PackNet(prune=[])
+    with pytest.raises(ValueError):
+        PackNet(prune=[0.5, True])
+    with pytest.raises(ValueError):
         PackNet(free_init="random")
     with pytest.raises(ValueError):
+        PackNet(retrain_epochs=-1)
+    with pytest.raises(ValueError):
+        PackNet(retrain_lr=0)
+    with pytest.raises(ValueError):
         PNN(adapter="gated")
+    with pytest.raises(TypeError):
+        PNN(head_laterals="yes")
     assert PackNet(prune=[0.5, 0.75]).fraction(5) == 0.75
+    for name, bad in (("packnet", {"bn": "drop"}), ("packnet", {"prune": 2}), ("pnn", {"lateral_conv": "3x3"}),
+                      ("pnn", {"backbone": "mlp"})):
+        with pytest.raises(StrategyError, match=f"^{name}: bad options"):
+            get(name, **bad)
+    assert isinstance(get("packnet"), PackNet) and isinstance(get("pnn"), PNN)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        PackNet().prune = 0.1
 
 
 def test_docstring_examples():
