@@ -2,12 +2,13 @@
 
 Every task-net is the same backbone template, a chain of *slots* (spec §1). A new task `t`:
 
-1. trains its **independent net** ``G_t^⊥`` in a scratch net and store, never in the JointNet
-   (spec §8 rewrite 1);
+1. trains its **independent net** ``G_t^⊥`` in a scratch net and store
+   (`jointnet.experiments.strategy.scratch_net`), never in the JointNet (spec §8 rewrite 1);
 2. runs a sample of its validation inputs through the *live* task-net of every earlier task
-   ``b'`` and through ``G_t^⊥``, records every slot's output, and scores each slot with the RSA
-   dissimilarity ``rho`` of the two activation sets (`rsa`, spec §2.2);
-3. **binds** to ``b = argmin_b' ||C_{t,b'}||`` (`task_conflict`, spec §2.3);
+   ``b'`` and through ``G_t^⊥``, captures every slot's output with the one execution API
+   (`jointnet.execution.run`, eval mode, the task's inference context), and scores each slot
+   with the RSA dissimilarity ``rho`` of the two activation sets (`rsa`, spec §2.2);
+3. **binds** to ``b = argmin_b' ||C_{t,b'}||`` (`task_conflict`, `rsa_decision`, spec §2.3);
 4. **grows** the *nucleus* of the normalised conflicts of ``b`` for its grow coefficient
    ``delta_t``: the smallest top-ranked prefix whose mass reaches ``delta_t`` (`normalise`,
    `nucleus`, spec §2.4); each grown slot is a `clone_node` of ``b``'s node for ``t``;
@@ -18,7 +19,10 @@ Every task-net is the same backbone template, a chain of *slots* (spec §1). A n
 Steps 3-4 are `bind_grow_step`, a composite of logged primitives (`add_task`, `bind`,
 `add_head`, `clone_node`, `set_lr_scale` / `freeze`, `annotate`), so ``jointnet log`` shows each
 of them. The decisions are pure functions tested with properties: `rdm`, `rsa`,
-`task_conflict`, `normalise`, `nucleus`, `multitask_gain`.
+`task_conflict`, `normalise`, `nucleus`, `multitask_gain`, and the two decision rules
+`rsa_decision` (L2BG) and `random_decision` (the ablation), each a function of a `Situation`
+returning a `Choice`. `bind_grow_task` is the imperative shell both strategies' ``step`` call
+with their rule.
 
 **Slots.** A slot is one weight layer (Conv2d or Linear) with what follows it up to the next
 slot: its activation, pooling, flatten. With ``bn_slots=True`` every BatchNorm is a slot of its
@@ -45,9 +49,10 @@ a shared head (``head="shared"``) is the last slot, named ``head``, and can be g
   per task (spec §2.7, §8 graph metadata); `grow_sequence` reads it, `replay_sequence` in
   `strategies.l2bg_search` rebuilds the net from it.
 
-Options of `L2BG` (defaults first; the spec section of each open choice in brackets):
+Options of `L2BG` (defaults first; the spec section of each open choice in brackets; every
+option is validated when the strategy is made):
 
-- ``backbone``: the template (default: `strategies.base.default_backbone`).
+- ``backbone``: the template (default: `jointnet.experiments.strategy.default_backbone`).
 - ``delta`` = 0.55: grow coefficient in [0, 1]; a float for every task or a list with one entry
   per bind-grow step (task 2, 3, ...; the last entry repeats). [§2.4; 0.55 is the paper's
   "balanced" Pareto solution, §5 — the paper fixes no default.]
@@ -91,43 +96,48 @@ divide by zero [ours]. Relative errors explode when an independent net is nearly
 two-class tasks), so `net_gain` also offers ``metric="accuracy"``, the relative accuracy change
 of Maninis et al. (the formula the paper adapts) [ours].
 
-`l2bg-random` (`RandomGrowth`) is the paper's ablation (§5): a random bind target, a random
-number of slots, random slots, seeded by (run seed, task index); ``n_grow`` fixes the number
-(an int, or a list per bind-grow step). It trains no independent net unless ``reference`` or
-``init="from_independent"`` asks.
+`l2bg-random` (`RandomGrowth`) is the paper's ablation (§5): the same options and the same
+shell with another decision rule, `random_decision`: a random bind target, a random number of
+slots, random slots, seeded by (run seed, task index); ``n_grow`` fixes the number (an int, or a
+list per bind-grow step). It trains no independent net unless ``reference`` (default False
+here) or ``init="from_independent"`` or ``first="adopt"`` asks; with one, the RSA conflicts are
+still measured and recorded as provenance (``in_nucleus`` is then None unless a sequence entry
+gives a ``delta``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
-import types
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from jointnet import backbones
-from jointnet.execution.compile import _bn_groups, _emit, _pad_ones, compile_net
 from jointnet.errors import JointNetError
+from jointnet.execution import run as execute
+from jointnet.execution import task_context
+from jointnet.execution.store import ParamStore
+from jointnet.experiments.strategy import TaskRun, backbone_option, default_backbone, per_task, scratch_net
+from jointnet.experiments.trainer import TrainConfig
+from jointnet.graph import add_head, add_task, annotate, bind, clone_node, freeze, set_lr_scale
 from jointnet.graph.frozen import thaw
 from jointnet.graph.net import JointNet
-from jointnet.execution.store import ParamStore
-from jointnet.graph import add_head, add_task, annotate, bind, clone_node, freeze, set_lr_scale
-from jointnet.experiments.trainer import TrainResult, accuracy, train_task
-from strategies.base import RunState, Strategy, default_backbone, register
 
 __all__ = [
-    "PROV", "VAL_ACC", "GROW_LOG", "Slot",
-    "rdm", "rsa", "task_conflict", "normalise", "ranking", "nucleus", "multitask_gain", "accuracy_gain",
-    "template_of", "task_slots", "route_outputs", "slot_outputs", "slot_conflicts",
-    "bind_grow_step", "grow_sequence", "net_gain", "L2BG", "RandomGrowth",
+    "PROV", "VAL_ACC", "GROW_LOG", "Slot", "Situation", "Choice", "IndependentNet", "BindGrowOptions",
+    "L2BG", "RandomGrowth", "rdm", "rsa", "task_conflict", "normalise", "ranking", "nucleus",
+    "rsa_argmin", "rsa_decision", "random_decision", "rsa_sample", "sequence_entry",
+    "needs_independent", "independent_net", "template_of", "task_slots", "slot_outputs",
+    "slot_conflicts", "bind_grow_step", "bind_grow_task", "grow_sequence", "net_gain",
+    "multitask_gain", "accuracy_gain",
 ]
 
 PROV = "l2bg"  # task and grown-node provenance
@@ -377,49 +387,25 @@ def task_slots(net: JointNet, task: str, *, bn_slots: bool = True, head_slot: bo
 
 
 @torch.no_grad()
-def route_outputs(net: JointNet, store: ParamStore, task: str, x: torch.Tensor, want: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Eval-mode outputs of the nodes `want` on `task`'s route for inputs `x`.
-
-    Each node is evaluated with the compiler's own per-node code (`jointnet.execution.compile`), so the
-    activations are exactly those of the compiled forward.
-    """
-    want = set(want)
-    holder = types.SimpleNamespace(training=False, gate_s=400.0)
-    ns = {"torch": torch, "F": F, "_pad_ones": _pad_ones, "_bn_groups": _bn_groups, "self": holder}
-    values: dict[str, torch.Tensor] = {}
-    names: dict[str, str] = {}
-    out: dict[str, torch.Tensor] = {}
-    for i, n in enumerate(net.route(task)):
-        node = net.node(n)
-        names[n] = f"a{i}"
-        if node.kind == "Input":
-            values[n] = x
-            continue
-
-        def ref(node_id: str, name: str, key: str) -> str:
-            attr = "t_" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
-            setattr(holder, attr, store[key])
-            return "self." + attr
-
-        ins = net.inputs_of(n, task)
-        expr = _emit(net, task, n, net.effective_spec(task, n), net.params_for(task, n), [names[u] for u in ins], ref)
-        values[n] = eval(expr, ns, {names[u]: values[u] for u in ins})  # noqa: S307 (our own generated code)
-        if n in want:
-            out[n] = values[n]
-    missing = want - set(out)
-    if missing:
-        raise JointNetError(f"route_outputs: nodes {sorted(missing)} are not on task {task!r}'s route")
-    return out
-
-
 def slot_outputs(net: JointNet, store: ParamStore, task: str, x: torch.Tensor, slots: Sequence[Slot],
                  record: str = "post") -> dict[str, torch.Tensor]:
-    """The output of every slot of `task` for inputs `x`, flattened to ``n x d``, by slot name."""
+    """The output of every slot of `task` for inputs `x`, flattened to ``n x d``, by slot name.
+
+    One call of the public execution API (`jointnet.execution.run`) capturing the slots' nodes,
+    in eval mode (`task`'s inference context with ``training=False``: dropout off, BatchNorm on
+    its running statistics): the activations are exactly those of the compiled forward.
+
+    >>> net = backbones.build(backbones.mlp(4, [8]), task="t1", n_classes=2)
+    >>> store = ParamStore(seed=0).realize(net)
+    >>> {k: tuple(v.shape) for k, v in slot_outputs(net, store, "t1", torch.zeros(3, 4), task_slots(net, "t1")).items()}
+    {'fc1': (3, 8)}
+    """
     if record not in ("post", "pre"):
         raise ValueError(f"record must be 'post' or 'pre' (got {record!r})")
     at = {s.name: (s.post if record == "post" else s.pre) for s in slots}
-    outs = route_outputs(net, store, task, x, list(at.values()))
-    return {name: outs[n].reshape(len(x), -1) for name, n in at.items()}
+    ctx = task_context(net, task).with_training(False)
+    acts = execute(net, store, x, task, capture=list(dict.fromkeys(at.values())), context=ctx).activations
+    return {name: acts[(task, n)].reshape(len(x), -1) for name, n in at.items()}
 
 
 def slot_conflicts(acts_b: Mapping[str, torch.Tensor], acts_t: Mapping[str, torch.Tensor], *,
@@ -552,16 +538,337 @@ def accuracy_gain(accs: Sequence[float], reference: Sequence[float]) -> float:
     return 100.0 * sum((float(a) - float(r)) / max(float(r), 1e-9) for a, r in zip(accs, reference)) / len(accs)
 
 
-# ---- the strategy ----------------------------------------------------------------------------
+# ---- decisions -------------------------------------------------------------------------------
 
 
 def _seed(*parts: Any) -> int:
     return zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
 
 
+@attrs.frozen
+class Situation:
+    """What a bind-grow decision sees when task `task` (at `index`) arrives: plain data.
+
+    Attributes:
+        task: the new task's name; index: its position in the stream (0-based).
+        seed: the run's seed (random decisions are seeded by it and `index`).
+        candidates: the bind candidates ``B``, in task order.
+        slots: the slot names of the route of every task the new one may bind to (the
+            candidates and a `sequence` entry's ``bind``), in route order.
+        conflicts: ``{b: {slot: rho}}`` (RSA, spec §2.2) for the same tasks, or None when no
+            independent net was trained.
+        entry: the task's `sequence` entry (``bind``, ``delta``, ``grow``; {} when none).
+    """
+
+    task: str
+    index: int
+    seed: int
+    candidates: tuple[str, ...]
+    slots: Mapping[str, tuple[str, ...]]
+    conflicts: Mapping[str, Mapping[str, float]] | None
+    entry: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Choice:
+    """A decision: the task to bind to, the grow coefficient (None: none) and the slots to grow
+    (None: the nucleus of the bound task's conflicts for `delta`)."""
+
+    bind: str
+    delta: float | None
+    grow: tuple[str, ...] | None
+
+
+def rsa_argmin(candidates: Sequence[str], conflicts: Mapping[str, Mapping[str, float]], norm: str = "l2") -> str:
+    """``argmin_b ||C_{t,b}||`` over `candidates` (spec §2.3); ties go to the earlier task.
+
+    >>> rsa_argmin(["t1", "t2"], {"t1": {"fc1": 0.5}, "t2": {"fc1": 0.5}})
+    't1'
+    """
+    scores = {b: task_conflict(list(conflicts[b].values()), norm) for b in candidates}
+    return min(candidates, key=lambda b: (scores[b], list(candidates).index(b)))
+
+
+def rsa_decision(s: Situation, *, delta: float, norm: str = "l2") -> Choice:
+    """L2BG's rule: bind to the RSA argmin, grow the nucleus for `delta` (spec §2.3-2.4); a
+    `sequence` entry's ``bind``, ``delta`` and ``grow`` override.
+
+    Raises:
+        ValueError: `s` has no conflicts (no independent net was trained).
+
+    >>> s = Situation("t3", 2, 0, ("t1", "t2"), {}, {"t1": {"fc1": 0.9}, "t2": {"fc1": 0.2}})
+    >>> rsa_decision(s, delta=0.5)
+    Choice(bind='t2', delta=0.5, grow=None)
+    """
+    if s.conflicts is None:
+        raise ValueError(f"task {s.task!r} needs its independent net for RSA")
+    target = s.entry.get("bind") or rsa_argmin(s.candidates, s.conflicts, norm)
+    d = s.entry.get("delta")
+    grow = s.entry.get("grow")
+    return Choice(target, float(delta) if d is None else float(d), tuple(grow) if grow is not None else None)
+
+
+def random_decision(s: Situation, *, n_grow: int | None = None) -> Choice:
+    """The ablation's rule (spec §5): a random bind target, a random number of slots (``n_grow``
+    when given, capped at the number of slots) and random slots, seeded by (seed, index). A
+    `sequence` entry's ``bind`` and ``grow`` override; its ``delta`` is passed on.
+
+    >>> s = Situation("t2", 1, 0, ("t1",), {"t1": ("fc1", "fc2")}, None)
+    >>> random_decision(s, n_grow=2)
+    Choice(bind='t1', delta=None, grow=('fc1', 'fc2'))
+    >>> random_decision(s) == random_decision(s)
+    True
+    """
+    rng = random.Random(_seed(s.seed, "l2bg-random", s.index))
+    target = s.entry.get("bind") or rng.choice(list(s.candidates))
+    names = list(s.slots[target])
+    k = rng.randint(0, len(names)) if n_grow is None else min(int(n_grow), len(names))
+    grow = s.entry.get("grow")
+    if grow is None:
+        grow = sorted(rng.sample(names, k), key=names.index)
+    return Choice(target, s.entry.get("delta"), tuple(grow))
+
+
+def sequence_entry(sequence: Sequence[Mapping] | None, task: str, index: int) -> dict:
+    """The entry of a grow `sequence` for task `task` at `index` ({} when none): the entry naming
+    the task, or (entries without ``task``) the ``index - 1``-th, the first bind-grow step first.
+
+    >>> sequence_entry([{"bind": "t1"}], "t2", 1), sequence_entry([{"bind": "t1"}], "t3", 2)
+    ({'bind': 't1'}, {})
+    """
+    if not sequence:
+        return {}
+    if "task" in sequence[0]:
+        hits = [dict(e) for e in sequence if e["task"] == task]
+        return hits[0] if hits else {}
+    i = index - 1
+    return dict(sequence[i]) if 0 <= i < len(sequence) else {}
+
+
+def rsa_sample(task: Any, *, seed: int, index: int, n: int) -> torch.Tensor:
+    """The RSA inputs of stream task `task`: `n` validation inputs drawn by (seed, index), in
+    data order (training inputs when the validation set has fewer than 3)."""
+    x = task.x_val if len(task.x_val) >= 3 else task.x_train
+    g = torch.Generator().manual_seed(_seed(seed, "l2bg-rsa", index))
+    idx = torch.randperm(len(x), generator=g)[:n].sort().values
+    return x[idx]
+
+
+def needs_independent(opts: "BindGrowOptions", index: int, *, rsa: bool) -> bool:
+    """Whether the task at `index` trains ``G_t^⊥``: RSA needs it from the second task on (when
+    the rule is RSA), and ``reference``, ``first="adopt"`` and ``init="from_independent"`` ask
+    for it on every task."""
+    return (rsa and index > 0) or opts.reference or opts.first == "adopt" or opts.init == "from_independent"
+
+
+# ---- the independent net ---------------------------------------------------------------------
+
+
 def _tensor_digest(h, t: torch.Tensor) -> None:
     h.update(str(tuple(t.shape)).encode())
     h.update(t.detach().cpu().contiguous().numpy().tobytes())
+
+
+@attrs.frozen
+class IndependentNet:
+    """``G_t^⊥``: a scratch net and store (never part of the JointNet) and ``info``:
+    ``{"val_acc", "test_acc", "n_val"}``."""
+
+    net: JointNet
+    store: ParamStore
+    info: dict
+
+
+def _layers(opts: "BindGrowOptions", task: Any) -> list:
+    return list(opts.backbone or default_backbone(task.input_shape))
+
+
+def independent_net(opts: "BindGrowOptions", run: TaskRun) -> IndependentNet:
+    """Train (or load from ``opts.cache_dir``) ``G_t^⊥`` of `run`'s task in a scratch net and
+    store, seeded by (run seed, task index), with the run's config under ``independent_config``."""
+    task, index = run.task, run.index
+    layers = _layers(opts, task)
+    config = attrs.evolve(run.config, **(opts.independent_config or {}))
+    seed = _seed(run.seed, "l2bg-independent", index)
+    net, store = scratch_net(layers, task, seed=seed, device=config.device)
+    path = None
+    if opts.cache_dir is not None:
+        h = hashlib.blake2b(digest_size=16)
+        cfg = attrs.asdict(config)
+        cfg.pop("progress", None)
+        h.update(repr((repr(layers), sorted(cfg.items()), seed, task.name, index, task.n_classes)).encode())
+        for t in (*task.train, *task.val):
+            _tensor_digest(h, t)
+        path = Path(opts.cache_dir) / f"independent-{h.hexdigest()}.jn"
+    cached = None
+    if path is not None and path.exists():
+        from jointnet.persistence import snapshot
+
+        try:
+            cached_net, cached = snapshot.load(path, device=config.device)
+            if cached_net.structure() != net.structure():
+                cached = None
+        except JointNetError:
+            cached = None
+    # A run of the same task over the scratch store: `train` and `accuracy` work there.
+    scratch = attrs.evolve(run, store=store if cached is None else cached, config=config, results=[])
+    if cached is None:
+        scratch.train(net, say="independent net")
+        if path is not None:
+            from jointnet.persistence import snapshot
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            snapshot.save(path, net, scratch.store)
+    info = {
+        "val_acc": scratch.accuracy(net, task, "val") if len(task.y_val) else 0.0,
+        "test_acc": scratch.accuracy(net, task, "test") if len(task.y_test) else 0.0,
+        "n_val": int(len(task.y_val)),
+    }
+    return IndependentNet(net, scratch.store, info)
+
+
+# ---- the imperative shell --------------------------------------------------------------------
+
+
+def bind_grow_task(opts: "BindGrowOptions", net: JointNet, run: TaskRun, *,
+                   decide: Callable[[Situation], Choice], rsa: bool) -> JointNet:
+    """One task of L2BG or its ablation: the first task builds the template, a later one binds
+    and grows as `decide` says; then train, and record every learned task's validation accuracy.
+
+    `rsa` says whether `decide` needs the RSA conflicts (so the independent net from the second
+    task on). Returns the new net; the tensors it adds go in ``run.store``.
+    """
+    task, index = run.task, run.index
+    entry = sequence_entry(opts.sequence, task.name, index)
+    ind = independent_net(opts, run) if needs_independent(opts, index, rsa=rsa) else None
+    if not net.tasks:
+        net = _first_task(opts, net, run, ind)
+    else:
+        net = _bind_grow(opts, net, run, ind, entry, decide)
+    prov = net.tasks[task.name].annotations.get(PROV) or {}
+    if prov.get("first") != "adopt":  # an adopted G_1 is the trained independent net (spec §2.3)
+        run.train(net)
+    # Algorithm 1 line 10: validation accuracy of every task learned so far.
+    accs = {}
+    for t in run.stream.tasks[: index + 1] if run.stream is not None else []:
+        if t.name in net.tasks:
+            accs[t.name] = run.accuracy(net, t, "val") if len(t.y_val) else 0.0
+    return annotate(net, key=VAL_ACC, value=accs, task=task.name)
+
+
+def _first_task(opts: "BindGrowOptions", net: JointNet, run: TaskRun, ind: IndependentNet | None) -> JointNet:
+    task = run.task
+    net = backbones.build(_layers(opts, task), task=task.name, n_classes=task.n_classes, net=net)
+    if opts.first == "adopt":
+        if ind is None:  # pragma: no cover - needs_independent asks for it
+            raise run.error("first='adopt' needs the independent net")
+        if ind.net.structure() != net.structure():  # pragma: no cover - same template, same build
+            raise run.error("the independent net differs from the first task-net")
+        # Same template, same log: the task-net's tensors have G_1's keys; put copies of them.
+        for key in sorted(run.store.keys_of(ind.net)):
+            t = ind.store[key]
+            run.store.put(key, t.detach().clone(), trainable=isinstance(t, nn.Parameter))
+    slots = task_slots(net, task.name, bn_slots=opts.bn_slots, head_slot=opts.head == "shared")
+    prov: dict[str, Any] = {"bound_to": None, "delta": None, "grown": [s.name for s in slots],
+                            "nucleus": None, "first": opts.first}
+    if ind is not None:
+        prov["independent"] = ind.info
+    net = annotate(net, key=PROV, value=prov, task=task.name)
+    return _log_entry(net, {"task": task.name, "bind": None, "delta": None, "grow": prov["grown"]})
+
+
+def _bind_grow(opts: "BindGrowOptions", net: JointNet, run: TaskRun, ind: IndependentNet | None, entry: dict,
+               decide: Callable[[Situation], Choice]) -> JointNet:
+    task, index = run.task, run.index
+    learned = list(net.tasks)
+    candidates = [b for b in learned if opts.candidates is None or b in opts.candidates]
+    if not candidates:
+        raise run.error(f"no bind candidate: candidates={opts.candidates!r}, learned tasks are {learned} "
+                        "(spec §7.7)")
+    if entry.get("bind") is not None and entry["bind"] not in learned:
+        raise run.error(f"cannot bind to {entry['bind']!r}; learned tasks are {learned}")
+    head_slot = opts.head == "shared"
+    targets = list(dict.fromkeys(candidates + ([entry["bind"]] if entry.get("bind") else [])))
+    slots = {b: task_slots(net, b, bn_slots=opts.bn_slots, head_slot=head_slot) for b in targets}
+    conflicts = None
+    if ind is not None:
+        x = rsa_sample(task, seed=run.seed, index=index, n=opts.rsa_samples).to(run.config.device)
+        t_slots = task_slots(ind.net, task.name, bn_slots=opts.bn_slots, head_slot=head_slot)
+        acts_t = slot_outputs(ind.net, ind.store, task.name, x, t_slots, opts.record)
+        conflicts = {b: slot_conflicts(slot_outputs(net, run.store, b, x, slots[b], opts.record), acts_t,
+                                       rdm_kind=opts.rdm, compare=opts.compare) for b in targets}
+    situation = Situation(task.name, index, run.seed, tuple(candidates),
+                          {b: tuple(s.name for s in slots[b]) for b in targets}, conflicts, entry)
+    try:
+        choice = decide(situation)
+    except ValueError as e:
+        raise run.error(str(e)) from None
+    target, delta = choice.bind, choice.delta
+    names = [s.name for s in slots[target]]
+    probs = ranks = nuc = None
+    if conflicts is not None:
+        probs = normalise([conflicts[target][s] for s in names], opts.normalise, opts.temperature)
+        ranks = {names[i]: r for r, i in enumerate(ranking(probs))}
+        nuc = [names[i] for i in nucleus(probs, delta, opts.tol)] if delta is not None else None
+    grow = choice.grow
+    if grow is None:
+        if nuc is None:
+            raise run.error("neither a grow list nor a nucleus")
+        grow = nuc
+    unknown = [g for g in grow if g not in names]
+    if unknown:
+        raise run.error(f"no slot(s) {unknown}; slots are {names}")
+    # Grown slots are listed in ranking order (slot order without conflicts).
+    grow = sorted(grow, key=lambda s: ranks[s]) if ranks else sorted(grow, key=names.index)
+    prov: dict[str, Any] = {"bound_to": target, "delta": delta, "grown": list(grow), "nucleus": nuc}
+    node_prov: dict[str, dict] = {}
+    if conflicts is not None:
+        in_nuc = {s: None if nuc is None else s in nuc for s in names}
+        prov["argmin"] = rsa_argmin(candidates, conflicts, opts.norm)
+        prov["conflicts"] = {b: {"slots": dict(c), "norm": task_conflict(list(c.values()), opts.norm)}
+                             for b, c in conflicts.items()}
+        by_slot = {s.name: s for s in slots[target]}
+        prov["slots"] = [
+            {"slot": s, "node": by_slot[s].nodes[0], "conflict": conflicts[target][s], "prob": p,
+             "rank": ranks[s], "in_nucleus": in_nuc[s], "grown": s in grow}
+            for s, p in zip(names, probs)
+        ]
+        for s, p in zip(names, probs):
+            node_prov[s] = {"conflict": conflicts[target][s], "prob": p, "rank": ranks[s], "in_nucleus": in_nuc[s]}
+    if ind is not None:
+        prov["independent"] = ind.info
+    net = bind_grow_step(
+        net, task=task.name, to=target, grow=grow, n_classes=task.n_classes, init=opts.init,
+        head=opts.head, shared_lr_scale=opts.shared_lr_scale, bn_slots=opts.bn_slots,
+        provenance=prov, node_provenance=node_prov, delta=delta,
+    )
+    if opts.init == "from_independent":
+        if ind is None:  # pragma: no cover - needs_independent asks for it
+            raise run.error("init='from_independent' needs the independent net")
+        _copy_from_independent(opts, net, run.store, task.name, ind)
+    return net
+
+
+@torch.no_grad()
+def _copy_from_independent(opts: "BindGrowOptions", net: JointNet, store: ParamStore, task: str,
+                           ind: IndependentNet) -> None:
+    """Write ``G_t^⊥``'s tensors of every slot `task` grew into the grown nodes (which
+    `bind_grow_step` made fresh), through `store.update`."""
+    store.realize(net)
+    ind_nodes: dict[str, str] = {}
+    for s in task_slots(ind.net, task, bn_slots=opts.bn_slots, head_slot=opts.head == "shared"):
+        for n in s.nodes:
+            ind_nodes["head" if s.name == "head" else template_of(ind.net, n)] = n
+    for n in net.route(task):
+        prov = net.node(n).annotations.get(PROV)
+        if prov is None or prov.get("task") != task:
+            continue
+        src = ind.net.node(ind_nodes[prov["template"]])
+        for p in net.node(n).params:
+            store.update(p.key, ind.store[src.param(p.name, p.block).key])
+
+
+# ---- the strategies --------------------------------------------------------------------------
 
 
 _CHOICES = {
@@ -571,318 +878,145 @@ _CHOICES = {
 }
 
 
+def _one_of(_inst, a: attrs.Attribute, value: Any) -> None:
+    allowed = _CHOICES[a.name]
+    if value not in allowed:
+        raise ValueError(f"'{a.name}' must be one of {allowed} (got {value!r})")
+
+
+def _is_number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def _check_delta(value: Any, what: str = "delta") -> None:
     vals = value if isinstance(value, (list, tuple)) else [value]
-    if not vals or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for v in vals):
-        raise ValueError(f"{what} must be a number in [0, 1] or a non-empty list of them (got {value!r})")
+    if not vals or any(not _is_number(v) or not 0 <= v <= 1 for v in vals):
+        raise ValueError(f"'{what}' must be a number in [0, 1] or a non-empty list of them (got {value!r})")
 
 
-@register("l2bg")
-@attrs.define
-class L2BG(Strategy):
+def _delta(_inst, a: attrs.Attribute, value: Any) -> None:
+    _check_delta(value, a.name)
+
+
+def _number(lo: float, *, strict: bool):
+    def check(_inst, a: attrs.Attribute, value: Any) -> None:
+        if not _is_number(value) or (value <= lo if strict else value < lo):
+            raise ValueError(f"'{a.name}' must be a number {'>' if strict else '>='} {lo} (got {value!r})")
+    return check
+
+
+def _rsa_samples(_inst, a: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 3:
+        raise ValueError(f"'{a.name}' must be an int >= 3 (got {value!r})")
+
+
+def _names_or_none(_inst, a: attrs.Attribute, value: Any) -> None:
+    if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)):
+        raise ValueError(f"'{a.name}' must be None or a list of task names (got {value!r})")
+
+
+
+
+def _train_fields(_inst, a: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    known = set(attrs.fields_dict(TrainConfig))
+    if not isinstance(value, Mapping) or set(value) - known:
+        raise ValueError(f"'{a.name}' must be None or a dict of TrainConfig fields ({', '.join(sorted(known))}) "
+                         f"(got {value!r})")
+
+
+def _sequence(_inst, a: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"'{a.name}' must be a list of dicts (got {value!r})")
+    keyed = [isinstance(e, Mapping) and "task" in e for e in value]
+    if any(keyed) and not all(keyed):
+        raise ValueError(f"'{a.name}': give every entry a 'task' key or none (got {value!r})")
+    for e in value:
+        if not isinstance(e, Mapping) or set(e) - {"task", "bind", "delta", "grow"}:
+            raise ValueError(f"'{a.name}' entries are dicts with keys task, bind, delta, grow (got {e!r})")
+        d = e.get("delta")
+        if d is not None and (not _is_number(d) or not 0 <= d <= 1):
+            raise ValueError(f"'{a.name}' entries' delta is a number in [0, 1] (got {e!r})")
+        if not isinstance(e.get("bind"), (str, type(None))) or not isinstance(e.get("task", ""), str):
+            raise ValueError(f"'{a.name}' entries name tasks with strings (got {e!r})")
+        grow = e.get("grow")
+        if grow is not None and (not isinstance(grow, (list, tuple)) or not all(isinstance(g, str) for g in grow)):
+            raise ValueError(f"'{a.name}' entries' grow is a list of slot names (got {e!r})")
+
+
+def _n_grow(_inst, a: attrs.Attribute, value: Any) -> None:
+    vals = value if isinstance(value, (list, tuple)) else [value]
+    if value is not None and (not vals or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in vals)):
+        raise ValueError(f"'{a.name}' must be None, an int >= 0 or a list of them (got {value!r})")
+
+
+def _str_or_none(_inst, a: attrs.Attribute, value: Any) -> None:
+    if value is not None and not isinstance(value, (str, Path)):
+        raise ValueError(f"'{a.name}' must be None or a directory (got {value!r})")
+
+
+@attrs.frozen(kw_only=True)
+class BindGrowOptions:
+    """The options `L2BG` and `RandomGrowth` share (the bind-grow shell's, `bind_grow_task`):
+    data only, no behaviour. Each is described, with its spec section, in the module docstring."""
+
+    backbone: list | None = attrs.field(default=None, validator=backbone_option)
+    delta: float | list = attrs.field(default=0.55, validator=_delta)
+    rdm: str = attrs.field(default="pearson", validator=_one_of)
+    compare: str = attrs.field(default="spearman", validator=_one_of)
+    rsa_samples: int = attrs.field(default=200, validator=_rsa_samples)
+    record: str = attrs.field(default="post", validator=_one_of)
+    norm: str = attrs.field(default="l2", validator=_one_of)
+    normalise: str = attrs.field(default="plain", validator=_one_of)
+    temperature: float = attrs.field(default=1.0, validator=_number(0.0, strict=True))
+    tol: float = attrs.field(default=1e-9, validator=_number(0.0, strict=False))
+    init: str = attrs.field(default="copy", validator=_one_of)
+    head: str = attrs.field(default="per_task", validator=_one_of)
+    shared_lr_scale: float = attrs.field(default=0.1, validator=_number(0.0, strict=False))
+    bn_slots: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    first: str = attrs.field(default="fresh", validator=_one_of)
+    candidates: list | None = attrs.field(default=None, validator=_names_or_none)
+    sequence: list | None = attrs.field(default=None, validator=_sequence)
+    reference: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    independent_config: dict | None = attrs.field(default=None, validator=_train_fields)
+    cache_dir: str | None = attrs.field(default=None, validator=_str_or_none)
+
+
+@attrs.frozen(kw_only=True)
+class L2BG(BindGrowOptions):
     """L2BG: bind to the least conflicting task (RSA), grow the nucleus of conflicting slots.
 
     Options and their defaults: see the module docstring (each open choice cites the spec).
+
+    >>> L2BG(delta=[0.3, 0.8]).delta
+    [0.3, 0.8]
     """
 
-    backbone: list | None = None
-    delta: Any = 0.55
-    rdm: str = "pearson"
-    compare: str = "spearman"
-    rsa_samples: int = 200
-    record: str = "post"
-    norm: str = "l2"
-    normalise: str = "plain"
-    temperature: float = 1.0
-    tol: float = 1e-9
-    init: str = "copy"
-    head: str = "per_task"
-    shared_lr_scale: float = 0.1
-    bn_slots: bool = True
-    first: str = "fresh"
-    candidates: list | None = None
-    sequence: list | None = None
-    reference: bool = True
-    independent_config: dict | None = None
-    cache_dir: str | None = None
+    name: ClassVar[str] = "l2bg"  # also when made directly, not through `get`: errors name it
 
-    def __attrs_post_init__(self) -> None:
-        for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed} (got {getattr(self, name)!r})")
-        _check_delta(self.delta)
-        if isinstance(self.shared_lr_scale, bool) or not isinstance(self.shared_lr_scale, (int, float)) \
-                or not 0 <= self.shared_lr_scale:
-            raise ValueError(f"shared_lr_scale must be a number >= 0 (got {self.shared_lr_scale!r})")
-        if not isinstance(self.rsa_samples, int) or self.rsa_samples < 3:
-            raise ValueError(f"rsa_samples must be an int >= 3 (got {self.rsa_samples!r})")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 (got {self.temperature!r})")
-        if self.sequence is not None:
-            if not isinstance(self.sequence, (list, tuple)):
-                raise ValueError(f"sequence must be a list of dicts (got {self.sequence!r})")
-            keyed = [isinstance(e, Mapping) and "task" in e for e in self.sequence]
-            if any(keyed) and not all(keyed):
-                raise ValueError("sequence: give every entry a 'task' key or none")
-            for e in self.sequence:
-                if not isinstance(e, Mapping) or set(e) - {"task", "bind", "delta", "grow"}:
-                    raise ValueError(f"sequence entries are dicts with keys task, bind, delta, grow (got {e!r})")
-                if e.get("delta") is not None:
-                    _check_delta(e["delta"], "a sequence entry's delta")
-
-    # ---- options per task ---------------------------------------------------------------------
-
-    def delta_for(self, index: int) -> float:
-        """The option ``delta`` for the task at `index` (0-based; the first bind-grow step is 1)."""
-        vals = self.delta if isinstance(self.delta, (list, tuple)) else [self.delta]
-        return float(vals[min(max(index - 1, 0), len(vals) - 1)])
-
-    def entry_for(self, name: str, index: int) -> dict:
-        """The `sequence` entry of the task `name` at `index` ({} when none)."""
-        if not self.sequence:
-            return {}
-        if "task" in self.sequence[0]:
-            hits = [dict(e) for e in self.sequence if e["task"] == name]
-            return hits[0] if hits else {}
-        i = index - 1
-        return dict(self.sequence[i]) if 0 <= i < len(self.sequence) else {}
-
-    def layers(self, task) -> list:
-        return list(self.backbone or default_backbone(task.input_shape))
-
-    def head_slot(self) -> bool:
-        return self.head == "shared"
-
-    # ---- the independent net ------------------------------------------------------------------
-
-    def needs_independent(self, index: int) -> bool:
-        """Whether task `index` trains ``G_t^⊥`` (RSA needs it from the second task on)."""
-        return index > 0 or self.reference or self.first == "adopt" or self.init == "from_independent"
-
-    def independent(self, state: RunState, task, index: int) -> tuple[JointNet, ParamStore, dict]:
-        """Train (or load from `cache_dir`) ``G_t^⊥`` in a scratch net and store; returns them
-        and ``{"val_acc", "test_acc", "n_val"}``."""
-        layers = self.layers(task)
-        config = attrs.evolve(state.config, **(self.independent_config or {}))
-        seed = _seed(state.store.seed, "l2bg-independent", index)
-        net = backbones.build(layers, task=task.name, n_classes=task.n_classes)
-        path = None
-        if self.cache_dir is not None:
-            h = hashlib.blake2b(digest_size=16)
-            cfg = attrs.asdict(config)
-            cfg.pop("progress", None)
-            h.update(repr((repr(layers), sorted(cfg.items()), seed, task.name, index, task.n_classes)).encode())
-            for t in (*task.train, *task.val):
-                _tensor_digest(h, t)
-            path = Path(self.cache_dir) / f"independent-{h.hexdigest()}.jn"
-        store = None
-        if path is not None and path.exists():
-            from jointnet import snapshot
-
-            try:
-                cached, store = snapshot.load(path, device=config.device)
-                if cached.structure() != net.structure():
-                    store = None
-            except JointNetError:
-                store = None
-        if store is None:
-            store = ParamStore(seed=seed, device=config.device).realize(net)
-            say = None if state.echo is None else (lambda msg: state.echo(f"independent net: {msg}"))
-            train_task(net, store, task.name, task.train, task.val, config, task_index=index, echo=say)
-            if path is not None:
-                from jointnet import snapshot
-
-                path.parent.mkdir(parents=True, exist_ok=True)
-                snapshot.save(path, net, store)
-        m = compile_net(net, store, task.name)
-        info = {
-            "val_acc": accuracy(m, *task.val, config.eval_batch_size, config.device) if len(task.y_val) else 0.0,
-            "test_acc": accuracy(m, *task.test, config.eval_batch_size, config.device) if len(task.y_test) else 0.0,
-            "n_val": int(len(task.y_val)),
-        }
-        return net, store, info
-
-    def rsa_inputs(self, state: RunState, task, index: int) -> torch.Tensor:
-        """The RSA sample: `rsa_samples` validation inputs drawn by seed (training inputs when the
-        validation set has fewer than 3)."""
-        x = task.x_val if len(task.x_val) >= 3 else task.x_train
-        g = torch.Generator().manual_seed(_seed(state.store.seed, "l2bg-rsa", index))
-        idx = torch.randperm(len(x), generator=g)[: self.rsa_samples].sort().values
-        return x[idx].to(state.config.device)
-
-    # ---- decisions ----------------------------------------------------------------------------
-
-    def decide(self, state: RunState, task, index: int, candidates: list[str],
-               conflicts: dict[str, dict[str, float]] | None, entry: dict) -> tuple[str, float | None, list[str] | None]:
-        """(bind target, delta, slots to grow or None for the nucleus) for the new task."""
-        if conflicts is None:
-            raise JointNetError(f"L2BG: task {task.name!r} needs its independent net for RSA")
-        scores = {b: task_conflict(list(conflicts[b].values()), self.norm) for b in candidates}
-        argmin = min(candidates, key=lambda b: (scores[b], candidates.index(b)))
-        target = entry.get("bind") or argmin
-        delta = entry.get("delta")
-        delta = self.delta_for(index) if delta is None else float(delta)
-        grow = entry.get("grow")
-        return target, delta, (list(grow) if grow is not None else None)
-
-    # ---- the runner's steps -------------------------------------------------------------------
-
-    def before_task(self, state: RunState, task, index: int) -> None:
-        entry = self.entry_for(task.name, index)
-        ind = self.independent(state, task, index) if self.needs_independent(index) else None
-        if not state.net.tasks:
-            self._first_task(state, task, ind)
-            return
-        learned = list(state.net.tasks)
-        candidates = [b for b in learned if self.candidates is None or b in self.candidates]
-        if not candidates:
-            raise JointNetError(f"L2BG: no bind candidate for task {task.name!r}: candidates={self.candidates!r}, "
-                                f"learned tasks are {learned} (spec §7.7)")
-        if entry.get("bind") is not None and entry["bind"] not in learned:
-            raise JointNetError(f"L2BG: task {task.name!r} cannot bind to {entry['bind']!r}; learned tasks are {learned}")
-        head_slot = self.head_slot()
-        conflicts = None
-        if ind is not None:
-            x = self.rsa_inputs(state, task, index)
-            ind_net, ind_store, _ = ind
-            t_slots = task_slots(ind_net, task.name, bn_slots=self.bn_slots, head_slot=head_slot)
-            acts_t = slot_outputs(ind_net, ind_store, task.name, x, t_slots, self.record)
-            bind_cands = list(dict.fromkeys(candidates + ([entry["bind"]] if entry.get("bind") else [])))
-            conflicts = {}
-            for b in bind_cands:
-                b_slots = task_slots(state.net, b, bn_slots=self.bn_slots, head_slot=head_slot)
-                acts_b = slot_outputs(state.net, state.store, b, x, b_slots, self.record)
-                conflicts[b] = slot_conflicts(acts_b, acts_t, rdm_kind=self.rdm, compare=self.compare)
-        target, delta, grow = self.decide(state, task, index, candidates, conflicts, entry)
-        slots = task_slots(state.net, target, bn_slots=self.bn_slots, head_slot=head_slot)
-        names = [s.name for s in slots]
-        probs = ranks = nuc = None
-        if conflicts is not None:
-            probs = normalise([conflicts[target][s] for s in names], self.normalise, self.temperature)
-            order = ranking(probs)
-            ranks = {names[i]: r for r, i in enumerate(order)}
-            nuc = [names[i] for i in nucleus(probs, delta, self.tol)] if delta is not None else None
-        if grow is None:
-            if nuc is None:
-                raise JointNetError(f"L2BG: task {task.name!r} has neither a grow list nor a nucleus")
-            grow = nuc
-        unknown = [g for g in grow if g not in names]
-        if unknown:
-            raise JointNetError(f"L2BG: task {task.name!r}: no slot(s) {unknown}; slots are {names}")
-        # Grown slots are listed in ranking order (slot order without conflicts).
-        grow = sorted(grow, key=lambda s: ranks[s]) if ranks else sorted(grow, key=names.index)
-        prov = {"bound_to": target, "delta": delta, "grown": list(grow), "nucleus": nuc}
-        node_prov: dict[str, dict] = {}
-        if conflicts is not None:
-            scores = {b: task_conflict(list(c.values()), self.norm) for b, c in conflicts.items()}
-            prov["argmin"] = min(candidates, key=lambda b: (scores[b], candidates.index(b)))
-            prov["conflicts"] = {b: {"slots": dict(c), "norm": scores[b]} for b, c in conflicts.items()}
-            by_node = {s.name: s for s in slots}
-            prov["slots"] = [
-                {"slot": s, "node": by_node[s].nodes[0], "conflict": conflicts[target][s], "prob": p,
-                 "rank": ranks[s], "in_nucleus": s in nuc, "grown": s in grow}
-                for s, p in zip(names, probs)
-            ]
-            for s, p in zip(names, probs):
-                node_prov[s] = {"conflict": conflicts[target][s], "prob": p, "rank": ranks[s], "in_nucleus": s in nuc}
-        if ind is not None:
-            prov["independent"] = ind[2]
-        net = bind_grow_step(
-            state.net, task=task.name, to=target, grow=grow, n_classes=task.n_classes, init=self.init,
-            head=self.head, shared_lr_scale=self.shared_lr_scale, bn_slots=self.bn_slots,
-            provenance=prov, node_provenance=node_prov, delta=delta,
-        )
-        state.net = net
-        if self.init == "from_independent":
-            self._copy_from_independent(state, task.name, grow, ind)
-
-    def _first_task(self, state: RunState, task, ind) -> None:
-        layers = self.layers(task)
-        net = backbones.build(layers, task=task.name, n_classes=task.n_classes, net=state.net)
-        if self.first == "adopt":
-            if ind is None:
-                raise JointNetError("L2BG: first='adopt' needs the independent net")
-            ind_net, ind_store, _ = ind
-            if ind_net.structure() != net.structure():  # pragma: no cover - same template, same build
-                raise JointNetError("L2BG: the independent net differs from the first task-net")
-            for key in state.store.keys_of(ind_net):
-                t = ind_store[key]
-                state.store.put(key, t, trainable=isinstance(t, nn.Parameter))
-        slots = task_slots(net, task.name, bn_slots=self.bn_slots, head_slot=self.head_slot())
-        prov: dict[str, Any] = {"bound_to": None, "delta": None, "grown": [s.name for s in slots],
-                                "nucleus": None, "first": self.first}
-        if ind is not None:
-            prov["independent"] = ind[2]
-        net = annotate(net, key=PROV, value=prov, task=task.name)
-        state.net = _log_entry(net, {"task": task.name, "bind": None, "delta": None, "grow": prov["grown"]})
-
-    @torch.no_grad()
-    def _copy_from_independent(self, state: RunState, task: str, grow: list[str], ind) -> None:
-        if ind is None:
-            raise JointNetError("L2BG: init='from_independent' needs the independent net")
-        ind_net, ind_store, _ = ind
-        net, store = state.net, state.store
-        store.realize(net)
-        ind_nodes: dict[str, str] = {}
-        for s in task_slots(ind_net, task, bn_slots=self.bn_slots, head_slot=self.head_slot()):
-            for n in s.nodes:
-                ind_nodes["head" if s.name == "head" else template_of(ind_net, n)] = n
-        for n in net.route(task):
-            prov = net.node(n).annotations.get(PROV)
-            if prov is None or prov.get("task") != task:
-                continue
-            src = ind_net.node(ind_nodes[prov["template"]])
-            for p in net.node(n).params:
-                q = src.param(p.name, p.block)
-                store[p.key].copy_(ind_store[q.key])
-
-    def train_task(self, state: RunState, task, index: int) -> TrainResult:
-        prov = state.net.tasks[task.name].annotations.get(PROV) or {}
-        if prov.get("first") == "adopt":
-            return TrainResult()  # G_1 is the trained independent net (spec §2.3)
-        return super().train_task(state, task, index)
-
-    def after_task(self, state: RunState, task, index: int) -> None:
-        # Algorithm 1 line 10: validation error of every task learned so far.
-        config = state.config
-        accs = {}
-        for t in state.stream.tasks[: index + 1] if state.stream is not None else []:
-            if t.name not in state.net.tasks:
-                continue
-            m = compile_net(state.net, state.store, t.name)
-            accs[t.name] = accuracy(m, *t.val, config.eval_batch_size, config.device) if len(t.y_val) else 0.0
-        state.net = annotate(state.net, key=VAL_ACC, value=accs, task=task.name)
+    def step(self, net: JointNet, run: TaskRun) -> JointNet:
+        """Bind and grow `run`'s task (`rsa_decision`), train it, record the validation accuracies."""
+        delta = float(per_task(self.delta, run.index, offset=1))
+        decide = functools.partial(rsa_decision, delta=delta, norm=self.norm)
+        return bind_grow_task(self, net, run, decide=decide, rsa=True)
 
 
-@register("l2bg-random")
-@attrs.define
-class RandomGrowth(L2BG):
+@attrs.frozen(kw_only=True)
+class RandomGrowth(BindGrowOptions):
     """Random growth, the paper's ablation (spec §5): random bind target, number and choice of
-    slots, seeded by (run seed, task index). ``n_grow`` (int, list per bind-grow step, or None
-    for a uniform draw in 0..|L|) fixes how many slots grow. A `sequence` still overrides."""
+    slots, seeded by (run seed, task index) (`random_decision`). ``n_grow`` (int, list per
+    bind-grow step, or None for a uniform draw in 0..|L|) fixes how many slots grow. A `sequence`
+    still overrides. No independent nets unless ``reference`` (default False) asks."""
 
-    n_grow: Any = None
-    reference: bool = False
+    name: ClassVar[str] = "l2bg-random"
+    n_grow: int | list | None = attrs.field(default=None, validator=_n_grow)
+    reference: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
-    def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
-        vals = self.n_grow if isinstance(self.n_grow, (list, tuple)) else [self.n_grow]
-        if self.n_grow is not None and (not vals or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in vals)):
-            raise ValueError(f"n_grow must be None, an int >= 0 or a list of them (got {self.n_grow!r})")
-
-    def needs_independent(self, index: int) -> bool:
-        return self.reference or self.init == "from_independent" or self.first == "adopt"
-
-    def decide(self, state, task, index, candidates, conflicts, entry):
-        rng = random.Random(_seed(state.store.seed, "l2bg-random", index))
-        target = entry.get("bind") or rng.choice(candidates)
-        names = [s.name for s in task_slots(state.net, target, bn_slots=self.bn_slots, head_slot=self.head_slot())]
-        if self.n_grow is None:
-            k = rng.randint(0, len(names))
-        else:
-            vals = self.n_grow if isinstance(self.n_grow, (list, tuple)) else [self.n_grow]
-            k = min(int(vals[min(max(index - 1, 0), len(vals) - 1)]), len(names))
-        grow = entry.get("grow")
-        if grow is None:
-            grow = sorted(rng.sample(names, k), key=names.index)
-        return target, entry.get("delta"), list(grow)
+    def step(self, net: JointNet, run: TaskRun) -> JointNet:
+        """Bind and grow `run`'s task at random (`random_decision`), train it, record accuracies."""
+        n = None if self.n_grow is None else per_task(self.n_grow, run.index, offset=1)
+        decide = functools.partial(random_decision, n_grow=n)
+        return bind_grow_task(self, net, run, decide=decide, rsa=False)

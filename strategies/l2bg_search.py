@@ -54,13 +54,13 @@ from typing import Any
 import attrs
 import torch
 
-from jointnet.execution.compile import compile_net
-from jointnet.experiments.metrics import summarize
-from jointnet.graph.net import JointNet
 from jointnet.execution.store import ParamStore
-from jointnet.experiments.trainer import TrainConfig, accuracy
+from jointnet.experiments.metrics import summarize
+from jointnet.experiments.runner import run_tasks
+from jointnet.experiments.strategy import Strategy, get
+from jointnet.experiments.trainer import TrainConfig
+from jointnet.graph.net import JointNet
 from jointnet.persistence.views import param_counts
-from strategies.base import RunState, Strategy, get
 from strategies.l2bg import grow_sequence, net_gain
 
 __all__ = [
@@ -92,8 +92,10 @@ def run_stream(
     strategy: str | Strategy, stream, config: TrainConfig = TrainConfig(), *, seed: int = 0,
     options: dict | None = None, echo: Callable[[str], Any] | None = None,
 ) -> StreamResult:
-    """Run `strategy` over `stream` in memory, step for step as `jointnet.experiments.runner.run` does (same
-    seeds, same order of calls), so the accuracies equal a ``jointnet run`` of the same spec.
+    """Run `strategy` over `stream` in memory through the core's one runner loop
+    (`jointnet.experiments.runner.run_tasks`: the same seeds and order of calls as ``jointnet
+    run``), so the accuracies equal a ``jointnet run`` of the same spec. `config` is taken as
+    given (with `seed`); a strategy's ``recommended_config`` is not applied under it.
 
     >>> from jointnet.experiments.streams import get_stream
     >>> s = get_stream("synthetic", n_tasks=2, input_shape=(6,), n_train_per_class=8, n_val_per_class=4)
@@ -104,25 +106,13 @@ def run_stream(
     """
     strat = get(strategy, **(options or {})) if isinstance(strategy, str) else strategy
     config = attrs.evolve(config, seed=seed)
-    state = RunState(net=JointNet.empty(), store=ParamStore(seed=seed, device=config.device), stream=stream,
-                     config=config, seed=seed, echo=echo)
+    net, store = JointNet.empty(), ParamStore(seed=seed, device=config.device)
     matrix, wall = [], []
-    for i, task in enumerate(stream.tasks):
-        torch.manual_seed(seed * 7919 + i)  # as the runner
-        t0 = time.perf_counter()
-        strat.before_task(state, task, i)
-        state.store.realize(state.net)
-        strat.train_task(state, task, i)
-        strat.after_task(state, task, i)
-        state.store.realize(state.net)
-        wall.append(time.perf_counter() - t0)
-        row = []
-        for t in stream.tasks[: i + 1]:
-            m = compile_net(state.net, state.store, t.name)
-            row.append(accuracy(m, *t.test, config.eval_batch_size, config.device, strat.eval_hooks(state, t.name)))
-        matrix.append(row)
-    return StreamResult(state.net, state.store, matrix, summarize(matrix), net_gain(state.net),
-                        param_counts(state.net)["total"], wall)
+    for outcome in run_tasks(strat, stream, config, seed=seed, net=net, store=store, echo=echo):
+        net = outcome.net
+        matrix.append(outcome.row)
+        wall.append(outcome.wall)
+    return StreamResult(net, store, matrix, summarize(matrix), net_gain(net), param_counts(net)["total"], wall)
 
 
 def replay_sequence(

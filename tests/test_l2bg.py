@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
+import attrs
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,18 +18,18 @@ from jointnet import backbones, snapshot
 from jointnet.graph.check import check
 from jointnet.cli import main as cli_main
 from jointnet.execution.compile import compile_net
-from jointnet.errors import JointNetError
-from jointnet.graph.net import JointNet
+from jointnet.errors import JointNetError, StrategyError
 from jointnet.execution.store import ParamStore
-from jointnet.experiments.runner import RunSpec, run
+from jointnet.experiments.runner import RunSpec, resume, run, run_tasks
 from jointnet.experiments.streams import get_stream
 from jointnet.execution.optim import param_groups
-from jointnet.experiments.trainer import TrainConfig
+from jointnet.experiments.strategy import TaskRun, get
+from jointnet.experiments.trainer import TrainConfig, accuracy
 from jointnet.persistence.views import param_counts
-from strategies.base import RunState, get
 from strategies.l2bg import (
-    GROW_LOG, PROV, VAL_ACC, bind_grow_step, grow_sequence, multitask_gain, net_gain, normalise, nucleus,
-    ranking, rdm, route_outputs, rsa, task_conflict, task_slots,
+    GROW_LOG, PROV, VAL_ACC, Choice, L2BG, RandomGrowth, Situation, bind_grow_step, grow_sequence,
+    independent_net, multitask_gain, net_gain, normalise, nucleus, random_decision, ranking, rdm, rsa,
+    rsa_decision, slot_outputs, task_conflict, task_slots,
 )
 from strategies.l2bg_search import SearchSpec, pareto, population_size, replay_sequence, run_stream, search
 
@@ -48,21 +51,42 @@ def _backbone_params(n_classes: int = 2) -> tuple[int, int]:
     return sum(c.values()) - head, head
 
 
-def _drive(strategy, stream, config=CONFIG, after=None) -> RunState:
-    state = RunState(net=JointNet.empty(), store=ParamStore(seed=0), stream=stream, config=config, echo=None)
-    for i, task in enumerate(stream.tasks):
-        torch.manual_seed(i)
-        strategy.before_task(state, task, i)
-        state.store.realize(state.net)
+@attrs.define
+class _SpyRun(TaskRun):
+    """A `TaskRun` that calls ``before_train(net, run)`` just before the task-net trains (the
+    independent net's training, ``say="independent net"``, is not reported)."""
+
+    before_train: object = None
+
+    def train(self, net, *, hooks=None, config=None, say=None):
+        if self.before_train is not None and say is None:
+            self.store.realize(net)  # as `train` does first
+            self.before_train(net, self)
+        return super().train(net, hooks=hooks, config=config, say=say)
+
+
+@attrs.frozen
+class _Spy:
+    """Wraps a strategy for `run_tasks`: its `step` runs the strategy's on a `_SpyRun`."""
+
+    inner: object
+    before_train: object = None
+
+    def step(self, net, run):
+        spy = _SpyRun(**{f.name: getattr(run, f.name) for f in attrs.fields(TaskRun)}, before_train=self.before_train)
+        return self.inner.step(net, spy)
+
+
+def _drive(strategy, stream, config=CONFIG, before_train=None, after=None):
+    """Run `strategy` over `stream` with the core's runner loop; `before_train(net, run)` sees the
+    rewritten net of each task before it trains, `after(outcome)` each task's outcome (checked)."""
+    last = None
+    for o in run_tasks(_Spy(strategy, before_train), stream, config, seed=0, echo=None):
+        check(o.net)
         if after is not None:
-            after(state, i, "before")
-        strategy.train_task(state, task, i)
-        strategy.after_task(state, task, i)
-        state.store.realize(state.net)
-        check(state.net)
-        if after is not None:
-            after(state, i, "after")
-    return state
+            after(o)
+        last = o
+    return last
 
 
 # ---- decision functions: properties ---------------------------------------------------------
@@ -121,9 +145,11 @@ def test_rsa_known_values():
     x = torch.randn(20, 5, generator=torch.Generator().manual_seed(1))
     # an affine map of the activations keeps the Pearson RDM: no dissimilarity
     assert rsa(x, 3 * x + 2) == pytest.approx(0.0, abs=1e-9)
-    # reversing the RDM's order gives rank correlation -1: maximal dissimilarity 2
-    v = torch.arange(6.0)[:, None]
-    assert rsa(v, v, "euclidean", "pearson") == 0.0
+    # RDMs in reverse order give correlation -1: maximal dissimilarity 2. Points 0, 1, 3 have
+    # distances (d01, d02, d12) = (1, 3, 2); points 0, 3, 1 have (3, 1, 2) = 4 - (1, 3, 2).
+    a, b = torch.tensor([[0.0], [1.0], [3.0]]), torch.tensor([[0.0], [3.0], [1.0]])
+    assert rsa(a, b, "euclidean", "pearson") == pytest.approx(2.0)
+    assert rsa(a, b, "euclidean", "spearman") == pytest.approx(2.0)
     assert 0.0 < rsa(x, torch.randn(20, 5, generator=torch.Generator().manual_seed(2))) <= 2.0
 
 
@@ -149,7 +175,7 @@ def test_normalise_and_gain():
 # ---- slots, activations ---------------------------------------------------------------------
 
 
-def test_slots_bn_and_route_outputs():
+def test_slots_bn_and_slot_outputs():
     conv = [{"kind": "input", "shape": (1, 6, 6)}, {"kind": "conv", "out_ch": 3, "padding": 1}, {"kind": "bn"},
             {"kind": "relu"}, {"kind": "maxpool"}, {"kind": "flatten"}, {"kind": "linear", "out_f": 5}, {"kind": "relu"}]
     net = backbones.build(conv, task="t1", n_classes=2)
@@ -159,12 +185,29 @@ def test_slots_bn_and_route_outputs():
     joint = task_slots(net, "t1", bn_slots=False)
     assert [(s.name, s.nodes, s.post) for s in joint] == [("conv1", ("conv1", "bn1"), "relu1"), ("fc1", ("fc1",), "relu2")]
     store = ParamStore(seed=0).realize(net)
-    x = torch.rand(4, 1, 6, 6)
+    bn = {p.name: p.key for p in net.node("bn1").params}
+    # BatchNorm statistics far from (0, 1), so that eval mode (running statistics) and train mode
+    # (batch statistics) give different outputs.
+    store.update(bn["running_mean"], torch.tensor([0.5, -1.0, 2.0]))
+    store.update(bn["running_var"], torch.tensor([4.0, 0.25, 9.0]))
+    x = torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    post = slot_outputs(net, store, "t1", x, task_slots(net, "t1", bn_slots=True, head_slot=True), "post")
+    pre = slot_outputs(net, store, "t1", x, split, "pre")
+    assert list(post) == ["conv1", "bn1", "fc1", "head"] and list(pre) == ["conv1", "bn1", "fc1"]
     m = compile_net(net, store, "t1")
     m.eval()
-    outs = route_outputs(net, store, "t1", x, ["relu1", "head.t1"])
-    assert torch.equal(outs["head.t1"], m(x))  # the same computation as the compiled forward
-    assert outs["relu1"].shape == (4, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(post["head"], m(x))  # the same computation as the compiled forward
+        w = {p.name: store[p.key] for p in net.node("conv1").params}
+        z = F.conv2d(x, w["weight"], w["bias"], 1, 1)
+        bnorm = F.batch_norm(z, store[bn["running_mean"]], store[bn["running_var"]], store[bn["weight"]],
+                             store[bn["bias"]], False, 0.1, 1e-05)
+    assert torch.equal(pre["conv1"], z.reshape(4, -1)) and torch.equal(post["conv1"], z.reshape(4, -1))
+    assert torch.equal(pre["bn1"], bnorm.reshape(4, -1))  # eval mode: running statistics
+    assert torch.equal(post["bn1"], torch.relu(bnorm).reshape(4, -1)) and post["bn1"].shape == (4, 3 * 6 * 6)
+    assert torch.equal(store[bn["running_mean"]], torch.tensor([0.5, -1.0, 2.0]))  # statistics untouched
+    with pytest.raises(ValueError, match="record"):
+        slot_outputs(net, store, "t1", x, split, "mid")
 
 
 # ---- bind-grow structure --------------------------------------------------------------------
@@ -212,55 +255,66 @@ def test_delta_extremes_end_to_end():
     stream = _stream(3)
     body, head = _backbone_params()
     totals = {}
-    for d in (0.0, 0.55, 1.0):
-        state = _drive(get("l2bg", backbone=MLP, delta=d), stream)
-        totals[d] = param_counts(state.net)["total"]
-        assert len(grow_sequence(state.net)) == 3
+    for d in (0.0, 0.55, 0.8, 1.0):
+        last = _drive(get("l2bg", backbone=MLP, delta=d), stream)
+        totals[d] = param_counts(last.net)["total"]
+        assert len(grow_sequence(last.net)) == 3
+        for t in ("t2", "t3"):  # each task grew the nucleus of its recorded conflicts for d
+            prov = last.net.tasks[t].annotations[PROV]
+            names, probs = [s["slot"] for s in prov["slots"]], [s["prob"] for s in prov["slots"]]
+            assert list(prov["grown"]) == [names[i] for i in nucleus(probs, d)]
     assert totals[0.0] == body + 3 * head
     assert totals[1.0] == 3 * (body + head)
-    assert totals[0.0] <= totals[0.55] <= totals[1.0]
+    assert totals[0.0] <= totals[0.55] <= totals[0.8] <= totals[1.0]
 
 
 def test_growing_never_touches_other_tasks_and_shared_nodes_train_slower():
     stream = _stream(3)
     x = torch.rand(6, D, generator=torch.Generator().manual_seed(3))
-    seen = {}
+    seen: dict = {}
+    compared: dict[str, int] = {}
 
-    def after(state, i, when):
-        net, store = state.net, state.store
-        t = stream.tasks[i].name
-        if when == "before":
-            seen["tensors"] = {n: [store[p.key].detach().clone() for p in net.node(n).params] for n in net.nodes}
-            if i:
-                shared = {n for n in net.route(t) if net.node(n).params and net.users(n) != {t}}
-                groups = {g["name"]: g for g in param_groups(net, store, t, lr=1.0)}
-                slow = {id(p) for p in groups.get("lr_scale=0.1", {"params": []})["params"]}
-                want = {id(store[p.key]) for n in shared for p in net.node(n).params if not p.buffer}
-                assert slow == want and (shared or not slow)
-                fast = groups["lr_scale=1.0"]["params"]
-                assert all(net.users(n) == {t} for n in net.route(t) for p in net.node(n).params
-                           if any(store[p.key] is q for q in fast))
-            return
+    def before_train(net, run):
+        store, t = run.store, run.task.name
+        seen["tensors"] = {n: [store[p.key].detach().clone() for p in net.node(n).params] for n in net.nodes}
+        if run.index:
+            shared = {n for n in net.route(t) if net.node(n).params and net.users(n) != {t}}
+            groups = {g["name"]: g for g in param_groups(net, store, t, lr=1.0)}
+            slow = {id(p) for p in groups.get("lr_scale=0.1", {"params": []})["params"]}
+            want = {id(store[p.key]) for n in shared for p in net.node(n).params if not p.buffer}
+            # delta 0.55 < 2/3 never grows all three slots: something is shared, and trains slower
+            assert shared and slow == want
+            fast = groups["lr_scale=1.0"]["params"]
+            owned = {id(store[p.key]) for n in net.route(t) if net.users(n) == {t}
+                     for p in net.node(n).params if not p.buffer}
+            assert fast and {id(q) for q in fast} == owned
+
+    def after(o):
+        net, store, t = o.net, o.store, o.task
+        compared[t] = 0
         for n, old in seen["tensors"].items():
             if t not in net.users(n):  # owned by (or routed for) other tasks only: bit-identical
-                for p, o in zip(net.node(n).params, old):
-                    assert torch.equal(store[p.key], o), f"{n} changed while training {t}"
+                for p, before in zip(net.node(n).params, old):
+                    assert torch.equal(store[p.key], before), f"{n} changed while training {t}"
+                    compared[t] += 1
 
-    _drive(get("l2bg", backbone=MLP, delta=0.55), stream, after=after)
+    _drive(get("l2bg", backbone=MLP, delta=0.55), stream, before_train=before_train, after=after)
+    assert compared["t1"] == 0 and compared["t2"] > 0 and compared["t3"] > 0  # the check ran
 
     # delta = 1: nothing is shared, so training t3 leaves t1's and t2's outputs bit-identical.
     outs = {}
 
-    def snap_outputs(state, i, when):
-        if when == "after" and i == 1:
+    def snap_outputs(o):
+        if o.index == 1:
             for t in ("t1", "t2"):
-                m = compile_net(state.net, state.store, t)
+                m = compile_net(o.net, o.store, t)
                 m.eval()
                 outs[t] = m(x).detach().clone()
 
-    state = _drive(get("l2bg", backbone=MLP, delta=1.0), stream, after=snap_outputs)
+    last = _drive(get("l2bg", backbone=MLP, delta=1.0), stream, after=snap_outputs)
+    assert set(outs) == {"t1", "t2"}
     for t in ("t1", "t2"):
-        m = compile_net(state.net, state.store, t)
+        m = compile_net(last.net, last.store, t)
         m.eval()
         assert torch.equal(m(x), outs[t])
 
@@ -269,17 +323,18 @@ def test_shared_lr_scale_zero_freezes_and_shared_head():
     stream = _stream(3)
     checked = []
 
-    def after(state, i, when):
-        net, t = state.net, stream.tasks[i].name
-        if when == "before" and i:
+    def before_train(net, run):
+        t = run.task.name
+        if run.index:
             shared = [n for n in net.route(t) if net.node(n).params and net.users(n) != {t}]
-            assert all(net.policy_for(t, n).frozen for n in shared)
+            assert shared and all(net.policy_for(t, n).frozen for n in shared)
             assert all(not net.policy_for(t, n).frozen for n in net.route(t) if net.users(n) == {t})
             checked.append(t)
 
-    state = _drive(get("l2bg", backbone=MLP, delta=0.3, shared_lr_scale=0.0, head="shared"), stream, after=after)
+    last = _drive(get("l2bg", backbone=MLP, delta=0.3, shared_lr_scale=0.0, head="shared"), stream,
+                  before_train=before_train)
     assert checked == ["t2", "t3"]
-    net = state.net
+    net = last.net
     prov = net.tasks["t2"].annotations[PROV]
     assert [s["slot"] for s in prov["slots"]] == ["fc1", "fc2", "fc3", "head"]  # the shared head is a slot
     for t in ("t2", "t3"):
@@ -323,31 +378,97 @@ def test_random_growth_is_seeded():
     fixed = run_stream("l2bg-random", stream, CONFIG, seed=3, options={"backbone": MLP, "n_grow": 2})
     assert [len(e["grow"]) for e in grow_sequence(fixed.net)[1:]] == [2, 2]
     assert fixed.gain is None  # no independent nets by default: no reference
+    # With a reference the conflicts are measured and recorded, but there is no nucleus.
+    ref = run_stream("l2bg-random", stream, TrainConfig(epochs=1, batch_size=16), seed=3,
+                     options={"backbone": MLP, "n_grow": [1, 3], "reference": True})
+    assert [len(e["grow"]) for e in grow_sequence(ref.net)[1:]] == [1, 3]
+    prov = ref.net.tasks["t3"].annotations[PROV]
+    assert prov["nucleus"] is None and set(prov["conflicts"]) == {"t1", "t2"}
+    assert [s["in_nucleus"] for s in prov["slots"]] == [None, None, None] and ref.gain is not None
+
+
+def test_decision_rules_are_pure():
+    s = Situation("t3", 2, 7, ("t1", "t2"), {"t1": ("fc1", "fc2", "fc3"), "t2": ("fc1", "fc2", "fc3")},
+                  {"t1": {"fc1": 0.1, "fc2": 0.9, "fc3": 0.2}, "t2": {"fc1": 0.3, "fc2": 0.3, "fc3": 0.3}})
+    # ||(.1, .9, .2)|| = sqrt(.86) > ||(.3, .3, .3)|| = sqrt(.27): bind to t2; the nucleus is left to the shell
+    assert rsa_decision(s, delta=0.4) == Choice("t2", 0.4, None)
+    assert rsa_decision(s, delta=0.4, norm="mean") == Choice("t2", 0.4, None)
+    tie = attrs.evolve(s, conflicts={"t1": {"fc1": 0.5}, "t2": {"fc1": 0.5}})
+    assert rsa_decision(tie, delta=1).bind == "t1" and rsa_decision(tie, delta=1).delta == 1.0
+    with pytest.raises(ValueError, match="independent net"):
+        rsa_decision(attrs.evolve(s, conflicts=None), delta=0.4)
+    assert rsa_decision(attrs.evolve(s, entry={"bind": "t1", "delta": 0.2, "grow": ["fc3"]}), delta=0.4) == \
+        Choice("t1", 0.2, ("fc3",))
+    for seed in range(20):
+        c = random_decision(attrs.evolve(s, seed=seed), n_grow=None)
+        assert c == random_decision(attrs.evolve(s, seed=seed))  # a function of the situation
+        assert c.bind in s.candidates and list(c.grow) == [n for n in s.slots[c.bind] if n in c.grow]
+        assert random_decision(attrs.evolve(s, seed=seed), n_grow=5).grow == ("fc1", "fc2", "fc3")
+    draws = {random_decision(attrs.evolve(s, seed=seed)) for seed in range(20)}
+    assert len({c.bind for c in draws}) == 2 and len({len(c.grow) for c in draws}) > 2  # seeded, not fixed
+    assert random_decision(attrs.evolve(s, entry={"bind": "t2", "grow": ["fc2"]})) == Choice("t2", None, ("fc2",))
 
 
 def test_init_options_and_adopt():
     stream = _stream(2)
-    seen = {}
-
-    def after(state, i, when):
-        if when == "before" and i == 1:
-            seen["net"], seen["store"] = state.net, state.store
-
+    config = TrainConfig(epochs=0)
     strat = get("l2bg", backbone=MLP, delta=1.0, init="from_independent", first="adopt",
                 independent_config={"epochs": 1})
     # The task-nets train 0 epochs, so their tensors stay what the rewrites made them.
-    state = _drive(strat, stream, config=TrainConfig(epochs=0), after=after)
-    ind_net, ind_store, _ = strat.independent(state, stream.tasks[1], 1)
+    last = _drive(strat, stream, config=config)
+    net, store = last.net, last.store
+
+    def independent(i):  # G_i^⊥ again, as the step trained it (seeded by run seed and index)
+        run = TaskRun(stream.tasks[i], i, stream, ParamStore(seed=0), config, seed=0, echo=None)
+        return independent_net(strat, run)
+
+    ind = independent(1)
     for n in ("fc1", "fc2", "fc3"):
-        clone = state.net.node(f"{n}.t2")
+        clone = net.node(f"{n}.t2")
         assert clone.annotations[PROV]["init"] == "from_independent"
-        assert torch.equal(state.store[clone.param("weight").key], ind_store[ind_net.node(n).param("weight").key])
-    t1_net, t1_store, _ = strat.independent(state, stream.tasks[0], 0)
-    assert torch.equal(state.store[state.net.node("fc1").param("weight").key], t1_store[t1_net.node("fc1").param("weight").key])
+        for name in ("weight", "bias"):
+            assert torch.equal(store[clone.param(name).key], ind.store[ind.net.node(n).param(name).key])
+    t1 = independent(0)
+    for key in store.keys_of(t1.net):  # G_1 adopted: every tensor of t1's net is G_1^⊥'s
+        assert torch.equal(store[key], t1.store[key]) and store[key] is not t1.store[key]
+    fresh = ParamStore(seed=0).realize(net)
+    assert not torch.equal(store[net.node("fc1").param("weight").key], fresh[net.node("fc1").param("weight").key])
     with pytest.raises(JointNetError, match="bad options"):
         get("l2bg", rdm="cosine")
     with pytest.raises(JointNetError, match="delta"):
         get("l2bg", delta=[0.5, 2.0])
+    with pytest.raises(StrategyError, match="independent_config"):
+        get("l2bg", independent_config={"epoch": 1})
+    with pytest.raises(StrategyError, match="n_grow"):
+        get("l2bg-random", n_grow=[1, -1])
+    with pytest.raises(StrategyError, match="task"):
+        get("l2bg", sequence=[{"task": "t2", "bind": "t1"}, {"bind": "t1"}])
+    with pytest.raises(StrategyError, match="unknown option 'n_grow'"):
+        get("l2bg", n_grow=2)
+    assert isinstance(get("l2bg"), L2BG) and isinstance(get("l2bg-random"), RandomGrowth)
+    assert get("l2bg").reference and not get("l2bg-random").reference
+
+
+def test_resumed_run_continues_exactly(tmp_path):
+    """Everything L2BG needs later is in the net and the store: a `jointnet run` killed after the
+    second task and resumed from its snapshot ends with the numbers of one never interrupted."""
+    spec = RunSpec("l2bg", "synthetic", seed=2, strategy_options={"backbone": MLP, "delta": 0.55, "rsa_samples": 12},
+                   stream_options={"n_tasks": 3, "input_shape": [D], "n_train_per_class": 16, "n_val_per_class": 8,
+                                   "n_test_per_class": 8},
+                   config={"epochs": 2, "batch_size": 16, "lr": 0.05})
+    whole = run(spec, tmp_path / "whole", echo=lambda m: None)
+
+    def kill(msg):
+        if msg.startswith("task 2/3"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, tmp_path / "cut", echo=kill)
+    resumed = resume(tmp_path / "cut", echo=lambda m: None)
+    assert resumed["done"] == 3 and resumed["matrix"] == whole["matrix"]
+    a, _ = snapshot.load(tmp_path / "whole" / whole["snapshots"][-1])
+    b, _ = snapshot.load(tmp_path / "cut" / resumed["snapshots"][-1])
+    assert a == b and grow_sequence(a) == grow_sequence(b)  # same log: same decisions, same keys
 
 
 # ---- provenance on real data, through the runner and snapshots ------------------------------
@@ -355,29 +476,66 @@ def test_init_options_and_adopt():
 
 def test_provenance_survives_snapshot_real_data(tmp_path, capsys):
     """`jointnet run --strategy l2bg` on a small slice of split Fashion-MNIST (real data: fails,
-    never skips, when the data package is missing)."""
+    never skips, when the data package is missing). Every recorded decision is recomputed from
+    the recorded conflicts and checked against the net itself."""
     spec = RunSpec("l2bg", "split-fmnist", seed=0,
                    strategy_options={"delta": 0.55, "rsa_samples": 40},
                    stream_options={"n_tasks": 3, "n_train_per_task": 200, "n_test_per_task": 100},
                    config={"epochs": 1, "batch_size": 32})
     results = run(spec, tmp_path / "run", echo=lambda m: None)
     net, store = snapshot.load(tmp_path / "run" / results["snapshots"][-1])
-    log = grow_sequence(net)
-    assert [e["task"] for e in log] == ["t1", "t2", "t3"]
-    for t in ("t2", "t3"):
-        prov = net.tasks[t].annotations[PROV]
-        assert prov["bound_to"] in ("t1", "t2") and prov["delta"] == 0.55
-        assert set(prov["conflicts"]) == set(list(net.tasks)[: list(net.tasks).index(t)])
-        assert [s["slot"] for s in prov["slots"]] == ["fc1", "fc2"]
-        assert sum(s["prob"] for s in prov["slots"]) == pytest.approx(1.0)
-        assert list(prov["grown"]) == [s["slot"] for s in sorted(prov["slots"], key=lambda s: s["rank"]) if s["grown"]]
-        for g in prov["grown"]:
-            node = net.node(f"{g}.{t}")
-            assert node.annotations[PROV]["bound_to"] == prov["bound_to"] and node.annotations[PROV]["in_nucleus"]
-        assert set(net.tasks[t].annotations[VAL_ACC]) <= set(net.tasks)
-    assert net.annotations[GROW_LOG] is not None and net_gain(net) is not None
-    # Same replay, same accuracies as the runner's run.
     stream = get_stream("split-fmnist", seed=0, **spec.stream_options)
+    tasks = list(net.tasks)
+    log = grow_sequence(net)
+    assert [e["task"] for e in log] == tasks == ["t1", "t2", "t3"]
+    first = net.tasks["t1"].annotations[PROV]
+    assert first["bound_to"] is None and list(first["grown"]) == log[0]["grow"] == ["fc1", "fc2"]
+    grown_nodes = []
+    for i, t in enumerate(tasks[1:], start=1):
+        prov = net.tasks[t].annotations[PROV]
+        earlier = tasks[:i]
+        conflicts = prov["conflicts"]
+        assert list(conflicts) == earlier  # every earlier task was a bind candidate
+        for c in conflicts.values():
+            assert list(c["slots"]) == ["fc1", "fc2"] and all(0 <= r <= 2 for r in c["slots"].values())
+            assert c["norm"] == pytest.approx(math.sqrt(sum(r * r for r in c["slots"].values())))
+        # bound to the least conflicting earlier task (ties to the earlier one), spec §2.3
+        argmin = min(earlier, key=lambda b: (conflicts[b]["norm"], earlier.index(b)))
+        assert prov["bound_to"] == prov["argmin"] == log[i]["bind"] == argmin
+        slots = prov["slots"]
+        assert [s["slot"] for s in slots] == ["fc1", "fc2"]
+        rho = [conflicts[argmin]["slots"][s["slot"]] for s in slots]
+        assert [s["conflict"] for s in slots] == rho
+        assert [s["prob"] for s in slots] == pytest.approx([r / sum(rho) for r in rho])
+        # grown = the nucleus for delta 0.55: the smallest most-conflicting prefix of mass >= 0.55
+        order = sorted(range(len(slots)), key=lambda j: (-slots[j]["prob"], j))
+        k = next(k for k in range(1, len(order) + 1) if sum(slots[j]["prob"] for j in order[:k]) >= 0.55 - 1e-9)
+        want = [slots[j]["slot"] for j in order[:k]]
+        assert prov["delta"] == log[i]["delta"] == 0.55
+        assert list(prov["nucleus"]) == list(prov["grown"]) == log[i]["grow"] == want
+        for j, s in enumerate(slots):
+            assert s["rank"] == order.index(j)
+            assert s["in_nucleus"] == s["grown"] == (s["slot"] in want)
+            clone = f"{s['slot']}.{t}"
+            if s["grown"]:  # t runs through its own copy of the bound task's node, annotated
+                assert clone in net.route(t) and net.users(clone) == {t} and net.node(clone).cloned_from == s["node"]
+                ann = net.node(clone).annotations[PROV]
+                assert (ann["task"], ann["slot"], ann["bound_to"], ann["in_nucleus"]) == (t, s["slot"], argmin, True)
+                grown_nodes.append(clone)
+            else:  # t shares the bound task's node
+                assert clone not in net and s["node"] in net.route(t) and s["node"] in net.route(argmin)
+    # The validation accuracies after each task: every task learned so far, and the last record
+    # is the final net's, recomputed here from the snapshot.
+    for i, t in enumerate(tasks):
+        assert list(net.tasks[t].annotations[VAL_ACC]) == tasks[: i + 1]
+    final = net.tasks[tasks[-1]].annotations[VAL_ACC]
+    for task in stream.tasks:
+        assert final[task.name] == accuracy(compile_net(net, store, task.name), *task.val)
+    ind = {t: net.tasks[t].annotations[PROV]["independent"] for t in tasks}
+    gain = 100 / 3 * sum((1 - ind[t]["val_acc"] - (1 - final[t])) / max(1 - ind[t]["val_acc"], 1 / ind[t]["n_val"])
+                         for t in tasks)
+    assert net_gain(net) == pytest.approx(gain)
+    # Same replay, same accuracies as the runner's run.
     again = replay_sequence(log, stream, TrainConfig(**spec.config), seed=0, options=spec.strategy_options)
     assert again.matrix == results["matrix"]
     snap = str(tmp_path / "run" / results["snapshots"][-1])
@@ -387,9 +545,10 @@ def test_provenance_survives_snapshot_real_data(tmp_path, capsys):
     assert 'annotations={"l2bg": {"bound_to"' in out and "annotations=l2bg" in out  # tasks, grown nodes
     assert cli_main(["inspect", "--json", snap]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert [e["task"] for e in data["annotations"][GROW_LOG]] == ["t1", "t2", "t3"]
+    assert data["annotations"][GROW_LOG] == log
     assert cli_main(["log", snap]) == 0
-    assert "clone_node(node='fc" in capsys.readouterr().out or not any(e["grow"] for e in log[1:])
+    clones = re.findall(r"clone_node\(.*new_id='([^']+)'", capsys.readouterr().out)
+    assert grown_nodes and sorted(clones) == sorted(grown_nodes)  # one logged clone_node per grown node
 
 
 # ---- the search -----------------------------------------------------------------------------
