@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ __all__ = [
     "outputs",
     "assert_outputs_equal",
     "assert_multi_matches_single",
+    "assert_execution_api_matches",
     "assert_open_tasks_do_not_compile",
     "assert_replays",
     "assert_rewrite_fails",
@@ -69,18 +71,65 @@ def assert_outputs_equal(before: dict, after: dict, tasks, why: str = "") -> Non
 
 
 @torch.no_grad()
+def _by_input(net: JointNet, tasks) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for t in tasks:
+        groups.setdefault(net.tasks[t].input, []).append(t)
+    return groups
+
+
+@torch.no_grad()
 def assert_multi_matches_single(net: JointNet, store: ParamStore, x: torch.Tensor, single: dict | None = None):
-    """The union compile gives bit-identical outputs to the one-task compiles."""
+    """The union compile (per input) gives bit-identical outputs to the one-task compiles."""
     closed = closed_tasks(net)
     if not closed:
         return
     single = outputs(net, store, x) if single is None else single
-    m = compile_net(net, store, None if len(closed) == len(net.tasks) else closed)
-    m.eval()
-    multi = m(x)
-    assert set(multi) == set(closed)
+    for tasks in _by_input(net, closed).values():
+        m = compile_net(net, store, tasks)
+        m.eval()
+        multi = m(x)
+        assert set(multi) == set(tasks)
+        for t in tasks:
+            assert torch.equal(multi[t], single[t]), f"multi-task compile differs from single for {t!r}"
+
+
+@torch.no_grad()
+def assert_execution_api_matches(net: JointNet, store: ParamStore, x: torch.Tensor, single: dict) -> None:
+    """`run` (one pass over several routes, capturing nodes) gives the compiled modules' outputs,
+    a task's own route as a view gives its output, and a view swapping a clone back for its
+    source computes what the oracle says it does (evaluating a view logs nothing)."""
+    from jointnet.execution import run
+    from jointnet.errors import InvariantError
+
+    closed = closed_tasks(net)
+    for tasks in _by_input(net, closed).values():
+        last = {t: net.route(t)[-2] for t in tasks if len(net.route(t)) > 2}
+        out = run(net, store, x, tasks, capture=sorted(set(last.values())))
+        for t in tasks:
+            assert torch.equal(out.logits[t], single[t]), f"run() differs from the compiled module for {t!r}"
+        for t, n in last.items():
+            assert (t, n) in out.activations or any(k[1] == n for k in out.activations)
+    version, log_len = net.version, len(net.log)
     for t in closed:
-        assert torch.equal(multi[t], single[t]), f"multi-task compile differs from single for {t!r}"
+        view = net.view(t, name=f"{t}-own")
+        m = compile_net(net, store, view)
+        m.eval()
+        assert torch.equal(m(x), single[t]), f"task {t!r} as a view differs"
+        clones = [n for n in net.route(t) if net.node(n).cloned_from in net.graph._node]
+        for c in clones[:1]:
+            swapped = net.view(t, swap={c: net.node(c).cloned_from}, name=f"{t}-src")
+            try:
+                from jointnet.graph.shapes import task_shapes
+
+                task_shapes(net, swapped)
+            except InvariantError:
+                continue  # the source has changed shape since (a widen)
+            m = compile_net(net, store, swapped)
+            m.eval()
+            ref = reference_forward(net, store, swapped, x)
+            assert torch.allclose(m(x), ref, rtol=1e-5, atol=1e-6), f"view {swapped.name} differs from the oracle"
+    assert net.version == version and len(net.log) == log_len
 
 
 def assert_open_tasks_do_not_compile(net: JointNet, store: ParamStore) -> None:
@@ -149,7 +198,11 @@ def assert_param_counts(net: JointNet, store: ParamStore | None = None) -> None:
                 assert tuple(store[p.key].shape) == p.shape, (n, p.key)
                 assert isinstance(store[p.key], torch.nn.Parameter) != p.buffer, (n, p.key)
             for m in node.masks:
-                assert tuple(store[m.key].shape) == m.shape, (n, m.key)
+                if m.state == "committed":  # packed bits
+                    assert store[m.key].dtype == torch.uint8, (n, m.key)
+                    assert store[m.key].numel() == (math.prod(m.shape) + 7) // 8, (n, m.key)
+                else:
+                    assert tuple(store[m.key].shape) == m.shape, (n, m.key)
 
 
 def tensors_of(store: ParamStore, keys) -> dict[str, torch.Tensor]:
@@ -183,36 +236,47 @@ def assert_snapshot_roundtrip(net: JointNet, store: ParamStore, x: torch.Tensor,
 # ---- an independent, naive interpreter of one task's route --------------------------------------
 
 
-def _full_param(net: JointNet, store: ParamStore, task: str, n: str, name: str) -> torch.Tensor:
-    """Parameter `name` of node `n` as `task` uses it: blocks joined, its mask applied.
+def _mask_value(store: ParamStore, m) -> torch.Tensor:
+    """A mask's multiplier as the oracle computes it, without the compiler (eval: no noise)."""
+    if m.state == "committed":
+        from jointnet.execution.store import unpack_bits
 
-    Masks cover the channels that existed when they were attached; channels grown later are
-    left unmasked (multiplied by one), as `Mask` documents.
-    """
-    info = net.effective_spec(task, n).params()[name]
-    rows = []
-    for row in net.params_for(task, n)[name]:
-        cells = [store[p.key].detach() for p in row]
-        rows.append(torch.cat(cells, info.in_axis) if len(cells) > 1 else cells[0])
-    w = torch.cat(rows, info.out_axis) if len(rows) > 1 else rows[0]
-    m = net.node(n).mask(task, name)
-    if m is None:
-        return w
+        return unpack_bits(store[m.key].detach(), m.shape).float()
     mv = store[m.key].detach()
     if m.transform == "sigmoid":
         mv = torch.sigmoid(mv)
-    elif m.transform == "hard":
+    elif m.transform in ("hard", "gumbel"):
         mv = (mv > 0).to(mv.dtype)
-    target = {"param": w.shape, "kernel": w.shape[:2], "channel": w.shape[:1]}[m.granularity]
-    full = torch.ones(tuple(target))
-    full[tuple(slice(0, s) for s in mv.shape)] = mv
-    return w * full.reshape(*target, *[1] * (w.dim() - len(target)))
+    if m.where is not None:
+        mv = torch.where(store[m.where].bool(), mv, torch.ones_like(mv))
+    return mv
+
+
+def _full_param(net: JointNet, store: ParamStore, route, n: str, name: str) -> torch.Tensor:
+    """Parameter `name` of node `n` as `route` uses it: each block times its task's masks on it
+    (every kind), blocks joined. Blocks a mask does not cover are unmasked."""
+    info = net.effective_spec(route, n).params()[name]
+    task = net.task_of(route)
+    masks = [m for m in net.node(n).masks if m.task == task and m.param == name]
+    rows = []
+    for row in net.params_for(route, n)[name]:
+        cells = []
+        for p in row:
+            w = store[p.key].detach()
+            for m in masks:
+                if m.block == p.block:
+                    mv = _mask_value(store, m)
+                    w = w * mv.reshape(*mv.shape, *[1] * (w.dim() - mv.dim()))
+            cells.append(w)
+        rows.append(torch.cat(cells, info.in_axis) if len(cells) > 1 else cells[0])
+    return torch.cat(rows, info.out_axis) if len(rows) > 1 else rows[0]
 
 
 @torch.no_grad()
-def reference_forward(net: JointNet, store: ParamStore, task: str, x: torch.Tensor) -> torch.Tensor:
-    """`task`'s eval-mode output computed node by node along `net.route(task)`, without the
-    compiler: the oracle the compiled module is compared with."""
+def reference_forward(net: JointNet, store: ParamStore, task, x: torch.Tensor,
+                      gate_scale: float = 400.0) -> torch.Tensor:
+    """The eval-mode output of `task` (a task or a route view) computed node by node along its
+    route, without the compiler: the oracle the compiled module is compared with."""
     vals: dict[str, torch.Tensor] = {}
     for n in net.route(task):
         spec = net.effective_spec(task, n)
@@ -224,18 +288,21 @@ def reference_forward(net: JointNet, store: ParamStore, task: str, x: torch.Tens
         elif kind in ("Linear", "Head"):
             y = F.linear(ins[0], p["weight"], p.get("bias"))
         elif kind == "Conv2d":
-            y = F.conv2d(ins[0], p["weight"], p.get("bias"), spec.stride, spec.padding)
+            y = F.conv2d(ins[0], p["weight"], p.get("bias"), spec.stride, spec.padding, spec.dilation,
+                         spec.groups)
         elif kind == "BatchNorm":
-            y = F.batch_norm(ins[0], p["running_mean"], p["running_var"], p["weight"], p["bias"],
+            y = F.batch_norm(ins[0], p["running_mean"], p["running_var"], p.get("weight"), p.get("bias"),
                              False, spec.momentum, spec.eps)
         elif kind in ("ReLU",):
             y = F.relu(ins[0])
         elif kind in ("Identity", "Dropout"):
             y = ins[0]
+        elif kind == "Zero":
+            y = torch.zeros_like(ins[0][:, :, ::spec.stride, ::spec.stride] if spec.stride > 1 else ins[0])
         elif kind == "MaxPool2d":
-            y = F.max_pool2d(ins[0], spec.kernel, spec.stride)
+            y = F.max_pool2d(ins[0], spec.kernel, spec.stride, spec.padding)
         elif kind == "AvgPool2d":
-            y = F.avg_pool2d(ins[0], spec.kernel, spec.stride)
+            y = F.avg_pool2d(ins[0], spec.kernel, spec.stride, spec.padding, count_include_pad=False)
         elif kind == "GlobalAvgPool":
             y = ins[0].mean((2, 3))
         elif kind == "Flatten":
@@ -246,10 +313,14 @@ def reference_forward(net: JointNet, store: ParamStore, task: str, x: torch.Tens
                 y = y + other
         elif kind == "Concat":
             y = torch.cat(ins, 1)
+        elif kind == "Gate":
+            g = torch.sigmoid(gate_scale * p["embedding"])
+            y = ins[0] * g.reshape(-1, *[1] * (ins[0].dim() - 2))
         else:  # pragma: no cover
             raise AssertionError(f"the reference interpreter does not know {kind}")
         vals[n] = y
-    return vals[net.tasks[task].head]
+    out = task.output if not isinstance(task, str) else net.tasks[task].head
+    return vals[out]
 
 
 def assert_matches_reference(net: JointNet, store: ParamStore, x: torch.Tensor, single: dict) -> None:

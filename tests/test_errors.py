@@ -60,12 +60,12 @@ CASES = [
     ("bind", dict(task="t3", to="t9"), "no task 't9'"),
     ("bind", dict(task="t3", to="t3"), "cannot bind to itself"),
     ("bind", dict(task="t2", to="t1"), "task 't2' already has its head 'head.t2'"),
-    ("widen", dict(node="relu1", k=2, task="t1"), "'relu1' is a ReLU; only Conv2d and Linear"),
+    ("widen", dict(node="relu1", k=2, task="t1"), "'relu1' is a ReLU; only Conv2d (groups=1) and Linear"),
     ("widen", dict(node="head.t1", k=2, task="t1"), "'head.t1' is a Head"),
     ("widen", dict(node="conv1", k=0, task="t1"), "k must be an int in [1, 16777216] (got 0)"),
     ("widen", dict(node="conv1", k=True, task="t1"), "k must be an int in [1, 16777216] (got True)"),
     ("widen", dict(node="conv1", k=2, task="t1", init="ones"), "init must be 'fresh' or 'zeros'"),
-    ("widen", dict(node="a", k=1, task="t4"), "cannot widen through 'm' (Add)"),
+    ("widen", dict(node="a", k=1, task="t4"), "'m' (Add) also adds ['a2'], which would not carry the new channels"),
     ("widen", dict(node="a", k=1, task="t1"), "task 't1' does not route through 'a'"),
     ("add_head", dict(task="t1", n_classes=2), "task 't1' already has its head 'head.t1'"),
     ("add_head", dict(task="t6", n_classes=0), "n_classes must be an int in [1, 16777216] (got 0)"),
@@ -113,9 +113,9 @@ CASES = [
     ("annotate", dict(key="", value=1, node="conv1"), "key must be a non-empty string"),
     ("annotate", dict(key="imp", value=1, node="conv1", param="gamma"), "'conv1' has no parameter 'gamma'"),
     ("annotate", dict(key="imp", value=1, param="weight"), "param needs node"),
-    ("per_task_bn", dict(node="fc1", task="t1"), "'fc1' is a Linear, not a BatchNorm"),
-    ("per_task_bn", dict(node="bn1", task="t4"), "task 't4' does not route through 'bn1'"),
-    ("per_task_bn", dict(node="bn1", task="t1", init="zeros"), "init must be 'copy' or 'fresh'"),
+    ("own_param", dict(node="fc1", task="t1", params=["running_mean"]), "'fc1' (Linear) has no parameter 'running_mean'"),
+    ("own_param", dict(node="bn1", task="t4"), "task 't4' does not route through 'bn1'"),
+    ("own_param", dict(node="bn1", task="t1", init="zeros"), "init must be 'copy' or 'fresh'"),
     ("add_task", dict(task="t1"), "task 't1' already exists"),
     ("add_task", dict(task="t9", input="conv1"), "'conv1' is not an input node"),
     ("add_task", dict(task=""), "a task name must be a name of 1-128 characters"),
@@ -162,10 +162,10 @@ def test_rewrite_of_a_non_net_is_a_rewrite_error():
         rw.clone_node({}, node="conv1", task="t1")
 
 
-def test_per_task_bn_twice_and_noop_rewrites(net):
-    once = rw.per_task_bn(net, node="bn1", task="t2")
-    e = assert_rewrite_fails(once, rw.per_task_bn, node="bn1", task="t2")
-    assert "task 't2' already has its own statistics on 'bn1'" in str(e)
+def test_own_param_twice_and_noop_rewrites(net):
+    once = rw.own_param(net, node="bn1", task="t2")
+    e = assert_rewrite_fails(once, rw.own_param, node="bn1", task="t2")
+    assert "task 't2' already has its own 'weight' on 'bn1'" in str(e)
     # A rewrite that changes nothing returns its input (not logged), it does not raise.
     assert rw.freeze(rw.freeze(net, nodes="conv1"), nodes="conv1").version == net.version + 1
     assert rw.prune(net) is net
@@ -284,7 +284,7 @@ def test_reroute_that_would_hide_masked_channels_is_refused():
     net = rw.widen(net, node="conv1", k=2, task="t1")
     net = rw.attach_mask(net, node="conv2", task="t1", granularity="kernel")
     e = assert_rewrite_fails(net, rw.reroute, task="t1", node="conv1", to="conv1.t2")
-    assert "task 't1''s mask on 'conv2'.weight covers (4, 5), more than the (4, 3, 3, 3) it would see" in str(e)
+    assert "task 't1''s mask mask on 'conv2'.weight covers block (None, 'conv1+t1@17'), which it would not see" in str(e)
     assert (e.rewrite, e.task, e.node) == ("reroute", "t1", "conv1")
     # Without the mask the same reroute is fine.
     check(rw.reroute(rw.release_mask(net, node="conv2", task="t1"), task="t1", node="conv1", to="conv1.t2"))

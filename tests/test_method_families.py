@@ -241,16 +241,16 @@ def test_grown_widen_with_channel_ownership_and_kernel_masks():
     fit(grown, store, "t2", _batches(shape, 2, seed=3), lr=0.5)
     inv.assert_outputs_equal(t1_before, inv.outputs(grown, store, x, ["t1"]), ["t1"], "training t2")
     assert all(not torch.equal(v, store[k]) for k, v in owned_before.items())
-    with torch.no_grad():  # make the selection non-trivial
-        store[mask.key].copy_(torch.linspace(-3, 3, 12).reshape(4, 3))
+    store.update(mask.key, torch.linspace(-3, 3, 12).reshape(4, 3))  # a non-trivial selection
     logits = store[mask.key].detach().clone()
     committed = rw.commit_mask(grown, node="conv2", task="t2")
     check(committed)
     store.realize(committed)
     bits = committed.node("conv2").mask("t2")
     assert bits.state == "committed" and bits.key != mask.key
-    assert torch.equal(store[bits.key], (torch.sigmoid(logits) > 0.5).float())
-    assert 0 < int(store[bits.key].sum()) < 12
+    assert store[bits.key].dtype == torch.uint8 and store[bits.key].numel() == 2  # 12 bits, packed
+    assert torch.equal(store.unpacked(bits.key, bits.shape), (torch.sigmoid(logits) > 0.5).float())
+    assert 0 < int(store.unpacked(bits.key, bits.shape).sum()) < 12
     assert bits.key not in {k for ks in task_tensors(committed, "t2").values() for k in ks}
     inv.assert_outputs_equal(t1_before, inv.outputs(committed, store, x, ["t1"]), ["t1"], "commit")
     inv.assert_matches_reference(committed, store, x, inv.outputs(committed, store, x))

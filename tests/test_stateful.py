@@ -38,11 +38,12 @@ from jointnet.graph.net import NodePolicy
 from jointnet.execution.store import ParamStore
 from jointnet.graph.draft import replay
 from jointnet.graph.shapes import route_sink, task_shapes
-from jointnet.execution.optim import fit, param_groups
+from jointnet.execution.optim import fit, param_groups, train_plan
 
 MAX_TASKS = 5
 # Kinds a widening passes through on its way to the next Conv2d / Linear / Head.
-_CHANNEL_PASSING = {"BatchNorm", "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "Flatten", "Dropout", "Identity"}
+_CHANNEL_PASSING = {"BatchNorm", "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "Flatten", "Dropout",
+                    "Identity", "Gate"}
 
 
 def _widen_ok(net, node: str) -> bool:
@@ -54,11 +55,52 @@ def _widen_ok(net, node: str) -> bool:
             continue
         seen.add(n)
         kind = net.node(n).kind
-        if kind in ("Add", "Concat"):
+        if kind in ("Add", "Concat") or (kind == "Conv2d" and net.node(n).spec.groups != 1):
             return False
         if kind in _CHANNEL_PASSING:
             stack.extend(net.graph.successors(n))
     return True
+
+
+def _coupled(net, task: str, add: str) -> list[str] | None:
+    """The producers whose outputs meet (through pass-through and per-channel nodes) in `add`
+    and in every Add their channels reach: widened together, they keep a residual stream
+    aligned. None when an input of such an Add comes from something that cannot widen."""
+    producers: set[str] = set()
+    adds: set[str] = set()
+    todo = [add]
+    while todo:
+        a = todo.pop()
+        if a in adds:
+            continue
+        adds.add(a)
+        for u in net.inputs_of(a, task):
+            stack = [u]
+            while stack:
+                n = stack.pop()
+                rule = net.node(n).spec.channels
+                if rule == "produce":
+                    producers.add(n)
+                elif rule in ("follow", "pass"):
+                    stack.extend(net.inputs_of(n, task))
+                elif rule == "merge":
+                    todo.append(n)
+                else:
+                    return None
+        # Forward: every Add the producers' channels reach joins the set.
+        stack = [w for p in producers for w in net.graph._succ[p]]
+        seen = set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            rule = net.node(n).spec.channels
+            if rule == "merge" and n not in adds:
+                todo.append(n)
+            if rule in ("follow", "pass", "merge"):
+                stack.extend(net.graph._succ[n])
+    return sorted(producers)
 
 
 class JointNetMachine(RuleBasedStateMachine):
@@ -181,11 +223,41 @@ class JointNetMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def new_task(self, data):
         t = self._fresh("t")
-        mode = data.draw(st.sampled_from(["bind", "bind_extend", "own", "open_bind", "open_empty"]), label="mode")
-        self._apply(rw.add_task, task=t, acted=(t,))
-        self.ref_edges[t], self.ref_input[t], self.ref_head[t] = set(), "input", None
-        if mode != "own" and mode != "open_empty" and self._closed():
-            to = data.draw(st.sampled_from(self._closed()), label="bind_to")
+        mode = data.draw(st.sampled_from(["bind", "bind_extend", "own", "open_bind", "open_empty",
+                                          "route_through", "new_input"]), label="mode")
+        source = "input"
+        if mode == "new_input":
+            source = self._fresh("in")
+            self._apply(rw.add_input, node=source, shape=list(self.bb.input_shape), acted=())
+            self.ref_nodes.add(source)
+            self._apply(rw.add_task, task=t, input=source, acted=(t,))
+        elif len(self.net._index().inputs) > 1:
+            self._apply(rw.add_task, task=t, input="input", acted=(t,))
+        else:
+            self._apply(rw.add_task, task=t, acted=(t,))
+        self.ref_edges[t], self.ref_input[t], self.ref_head[t] = set(), source, None
+        if mode == "route_through" and self._closed():
+            like = data.draw(st.sampled_from([u for u in self._closed() if self.ref_input[u] == "input"] or [None]),
+                             label="like")
+            if like is not None:
+                inner = [n for n in self.net.route(like) if n not in ("input", self.net.tasks[like].head)]
+                if inner:
+                    upto = data.draw(st.sampled_from(inner), label="upto")
+                    new = self._apply(rw.route_through, task=t, like=like, upto=[upto], acted=(t,))
+                    self.ref_edges[t] = inv.route_edges(new, t)
+                    assert self.ref_edges[t] <= self.ref_edges[like]
+                    assert upto in new.route(t) and new.users(upto) >= {t, like}
+            self._extend(t, data)
+            self._close(t, data)
+            return
+        if mode == "new_input":
+            for _ in range(data.draw(st.integers(1, 2), label="n_layers")):
+                self._extend(t, data)
+            self._close(t, data)
+            return
+        same_input = [u for u in self._closed() if self.ref_input[u] == "input"]
+        if mode != "own" and mode != "open_empty" and same_input:
+            to = data.draw(st.sampled_from(same_input), label="bind_to")
             self._apply(rw.bind, task=t, to=to, acted=(t,))
             self.ref_edges[t] = {e for e in self.ref_edges[to] if e[1] != self.ref_head[to]}
         if mode in ("bind_extend", "own"):
@@ -211,7 +283,8 @@ class JointNetMachine(RuleBasedStateMachine):
         sinks = route_sink(self.net, t)
         sink = sinks[-1]
         shape = shapes[sink]
-        same = [n for n in self.net.route(t) if n != sink and shapes[n] == shape and n != "input"]
+        same = [n for n in self.net.route(t) if n != sink and shapes[n] == shape
+                and self.net.node(n).kind != "Input"]
         choices = ["relu", "identity"]
         if len(shape) == 3:
             choices += ["conv", "bn", "gap", "flatten"] + (["maxpool"] if min(shape[1:]) >= 2 else [])
@@ -219,6 +292,7 @@ class JointNetMachine(RuleBasedStateMachine):
             choices += ["linear", "dropout"]
         if same:
             choices += ["add", "concat"]
+        choices.append("gate")
         kind = data.draw(st.sampled_from(choices), label="layer")
         inputs = [sink]
         if kind == "conv":
@@ -250,11 +324,14 @@ class JointNetMachine(RuleBasedStateMachine):
             sink = node
         width = task_shapes(self.net, t)[sink][0]
         sharable = [u for u in self._closed() if self.net.node(self.net.tasks[u].head).spec.in_f == width]
+        shared = None
         if sharable and data.draw(st.booleans(), label="share_head"):
             other = data.draw(st.sampled_from(sharable), label="share_with")
-            self._apply(rw.add_head, task=t, share_with=other, acted=(t,))
+            # The head's full width matches, but the channel groups t would see through it may
+            # not: either a new route or a clear error.
+            shared = self._apply(rw.add_head, task=t, share_with=other, acted=(t,), expect="any")
             head = self.net.tasks[other].head
-        else:
+        if shared is None:
             node = data.draw(st.sampled_from([None, self._fresh("h")]), label="head_id")
             after = data.draw(st.sampled_from([None, sink]), label="after")
             self._apply(rw.add_head, task=t, n_classes=data.draw(gen.n_classes), node=node, after=after, acted=(t,))
@@ -360,8 +437,10 @@ class JointNetMachine(RuleBasedStateMachine):
         ok = self.net.node(node).kind in ("Conv2d", "Linear") and _widen_ok(self.net, node)
         before = self.net
         specs = {(u, n): before.effective_spec(u, n) for u in before.tasks for n in before.route(u)}
+        # Through an Add the growth passes when every input of it carries the channels.
+        merge = self.net.node(node).kind in ("Conv2d", "Linear") and not ok
         new = self._apply(rw.widen, node=node, k=k, task=t, init=init, acted=(t,),
-                          expect="change" if ok else "error")
+                          expect="change" if ok else "any" if merge else "error")
         if new is None:
             return
         old_w = before.node(node).spec.params()["weight"].shape[0]
@@ -381,7 +460,7 @@ class JointNetMachine(RuleBasedStateMachine):
         blocks = [(n, name) for n in new.route(t)
                   if new.node(n).out_groups or new.node(n).in_groups
                   for name, info in new.effective_spec(t, n).params().items()
-                  if not info.buffer and new.node(n).mask(t, name) is None]
+                  if not info.buffer and not new.node(n).masks_of(t, name, "mask")]
         if blocks and data.draw(st.booleans(), label="mask_grown"):
             n, name = data.draw(st.sampled_from(blocks), label="grown_param")
             self._apply(rw.attach_mask, node=n, task=t, param=name, acted=(t,),
@@ -400,9 +479,10 @@ class JointNetMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.net is not None)
     @rule(data=st.data())
     def attach_mask(self, data):
-        # Mostly parameters without a mask yet; buffers and masked parameters are invalid picks.
+        # Mostly parameters without a mask of the kind yet; buffers and masked ones are invalid picks.
+        kind = data.draw(st.sampled_from(["mask", "mask", "sel"]), label="kind")
         params = self._maskable()
-        free = [(t, n, p) for t, n, p in params if self.net.node(n).mask(t, p) is None]
+        free = [(t, n, p) for t, n, p in params if not self.net.node(n).masks_of(t, p, kind)]
         taken = [x for x in params if x not in free]
         grown = [(t, n, p) for t, n, p in free if self.net.node(n).out_groups or self.net.node(n).in_groups]
         if grown and data.draw(st.booleans(), label="on_grown"):
@@ -411,55 +491,158 @@ class JointNetMachine(RuleBasedStateMachine):
         if pick is None:
             return
         t, node, param = pick
-        kernel_ok = len(self.net.effective_spec(t, node).params()[param].shape) == 4
+        info = self.net.effective_spec(t, node).params().get(param)
+        kernel_ok = info is not None and len(info.shape) == 4
         # Kernel granularity is only valid on conv weights: elsewhere an occasional invalid pick.
         granularity = data.draw(st.sampled_from(["param", "kernel", "channel"] if kernel_ok
                                                 else ["param", "channel", "param", "channel", "kernel"]),
                                 label="granularity")
-        transform = data.draw(st.sampled_from(["identity", "sigmoid", "hard"]), label="transform")
+        transform = data.draw(st.sampled_from(["identity", "sigmoid", "hard", "gumbel"]), label="transform")
         init = data.draw(st.sampled_from(["ones", "zeros"]), label="init")
-        info = self.net.effective_spec(t, node).params()[param]
         n = self.net.node(node)
-        ok = (not info.buffer and n.mask(t, param) is None
+        blocks = None
+        if info is not None and not info.buffer:
+            visible = [p.block for row in self.net.params_for(t, node)[param] for p in row]
+            if len(visible) > 1 and data.draw(st.booleans(), label="some_blocks"):
+                blocks = data.draw(st.lists(st.sampled_from(visible), min_size=1, unique=True), label="blocks")
+        ok = (info is not None and not info.buffer and not n.masks_of(t, param, kind)
               and (granularity != "kernel" or len(info.shape) == 4))
         # An identity mask of ones multiplies by exactly 1: even `t` computes the same.
         same = transform == "identity" and init == "ones"
+        extra = {} if kind == "mask" else {"kind": kind}
+        if blocks is not None:
+            extra["blocks"] = [list(b) for b in blocks]
         new = self._apply(rw.attach_mask, node=node, task=t, param=param, granularity=granularity,
                           transform=transform, init=init, acted=() if same else (t,),
-                          expect="change" if ok else "error")
+                          expect="change" if ok else "error", **extra)
         if new is not None:
-            m = new.node(node).mask(t, param)
-            assert m.state == "live" and m.granularity == granularity
-            assert tuple(self.store[m.key].shape) == m.shape
-            assert m.key in param_groups_keys(new, self.store, t) or self._frozen_for(new, t, node)
+            masks = new.node(node).masks_of(t, param, kind)
+            assert masks and all(m.state == "live" and m.granularity == granularity for m in masks)
+            assert {m.block for m in masks} == set(blocks or visible)
+            for m in masks:
+                assert tuple(self.store[m.key].shape) == m.shape
+                assert m.key in param_groups_keys(new, self.store, t) or self._frozen_for(new, t, node)
 
     def _frozen_for(self, net, t, node):
         pol = net.policy_for(t, node)
         return pol.frozen or pol.lr_scale == 0
 
     def _masks(self):
-        return [(m.task, n, m.param) for n in self.net.nodes for m in self.net.node(n).masks]
+        return sorted({(m.task, n, m.param, m.kind) for n in self.net.nodes for m in self.net.node(n).masks})
 
     @precondition(lambda self: self.net is not None and self._masks())
     @rule(data=st.data())
     def commit_mask(self, data):
-        t, node, param = data.draw(st.sampled_from(self._masks()), label="mask")
-        committed = self.net.node(node).mask(t, param).state == "committed"
+        t, node, param, kind = data.draw(st.sampled_from(self._masks()), label="mask")
+        committed = all(m.state == "committed" for m in self.net.node(node).masks_of(t, param, kind))
         threshold = data.draw(st.sampled_from([0.5, 0.0, -1.0]), label="threshold")
+        extra = {} if kind == "mask" else {"kind": kind}
         new = self._apply(rw.commit_mask, node=node, task=t, param=param, threshold=threshold,
-                          acted=(t,), expect="nochange" if committed else "change")
-        m = new.node(node).mask(t, param)
-        assert m.state == "committed" and m.transform == "identity"
-        bits = self.store[m.key]
-        assert not bits.requires_grad and set(bits.unique().tolist()) <= {0.0, 1.0}
-        assert m.key not in param_groups_keys(new, self.store, t)
+                          acted=(t,), expect="nochange" if committed else "change", **extra)
+        for m in new.node(node).masks_of(t, param, kind):
+            assert m.state == "committed" and m.transform == "identity"
+            packed = self.store[m.key]
+            assert packed.dtype == torch.uint8 and packed.numel() == (math.prod(m.shape) + 7) // 8
+            bits = self.store.unpacked(m.key, m.shape)
+            assert not packed.requires_grad and set(bits.unique().tolist()) <= {0.0, 1.0}
+            assert m.key not in param_groups_keys(new, self.store, t)
 
     @precondition(lambda self: self.net is not None and self._masks())
     @rule(data=st.data())
     def release_mask(self, data):
-        t, node, param = data.draw(st.sampled_from(self._masks()), label="mask")
-        new = self._apply(rw.release_mask, node=node, task=t, param=param, acted=(t,))
-        assert new.node(node).mask(t, param) is None
+        t, node, param, kind = data.draw(st.sampled_from(self._masks()), label="mask")
+        extra = {} if kind == "mask" else {"kind": kind}
+        new = self._apply(rw.release_mask, node=node, task=t, param=param, acted=(t,), **extra)
+        assert not new.node(node).masks_of(t, param, kind)
+
+    def _groups(self):
+        """(holder producer, group) pairs of every channel group."""
+        return [(n, g) for n in self.net.nodes if self.net.node(n).spec.producer for g in self.net.node(n).out_groups]
+
+    @precondition(lambda self: self.net is not None and self._groups())
+    @rule(data=st.data())
+    def compact(self, data):
+        n, g = data.draw(st.sampled_from(self._groups()), label="group")
+        keep = sorted(data.draw(st.sets(st.integers(0, g.size - 1), max_size=g.size), label="keep"))
+        # Every task that sees the group may compute something else; the others never saw it.
+        seers = {t for t in self.net.tasks for m in self.net.nodes
+                 if any(x.id == g.id for x in self.net.node(m).out_groups)
+                 and m in self.net.route(t) and self.net.group_visible(t, g)}
+        specs = {(u, m): self.net.effective_spec(u, m) for u in self.net.tasks if u not in seers
+                 for m in self.net.route(u)}
+        new = self._apply(rw.compact, group=g.id, keep=keep, acted=tuple(seers),
+                          expect="nochange" if len(keep) == g.size else "change")
+        holders = [m for m in new.nodes if any(x.id == g.id for x in new.node(m).out_groups)]
+        if not keep:
+            assert not holders
+        else:
+            assert all(next(x for x in new.node(m).out_groups if x.id == g.id).size == len(keep) for m in holders)
+        for (u, m), spec in specs.items():
+            assert new.effective_spec(u, m) == spec, f"compacting {g.id} changed {m!r} for {u}"
+
+    def _adds(self):
+        return [(t, n) for t, n in self._on_route({"Add"})]
+
+    @precondition(lambda self: self.net is not None and self._adds())
+    @rule(data=st.data())
+    def widen_coupled(self, data):
+        t, add = data.draw(st.sampled_from(self._adds()), label="add")
+        producers = _coupled(self.net, t, add)
+        if not producers:
+            return
+        k = data.draw(st.integers(1, 2), label="k")
+        new = self._apply(rw.widen, node=producers, k=k, task=t, acted=(t,), expect="any")
+        if new is None:
+            return
+        gid = new.node(producers[0]).out_groups[-1].id
+        assert all(new.node(p).out_groups[-1].id == gid for p in producers)
+        shapes = task_shapes(new, t)
+        ins = [shapes[u] for u in new.inputs_of(add, t)]
+        assert len(set(ins)) == 1  # the stream stays aligned
+
+    @precondition(lambda self: self.net is not None)
+    @rule(data=st.data())
+    def grad_rule(self, data):
+        """Attach a gradient rule (a freeze rule from owner maps, or a 0/1 multiplier of the
+        update); `train` checks that training keeps the entries they protect bit-identical."""
+        picks = [(t, n) for t, n in self._on_route({"Conv2d", "Linear"})
+                 if not self.net.node(n).out_groups and not self.net.node(n).in_groups]
+        if not picks:
+            return
+        t, node = data.draw(st.sampled_from(picks), label="task_node")
+        p = self.net.node(node).param("weight")
+        how = data.draw(st.sampled_from(["owned", "update"]), label="how")
+        g = torch.Generator().manual_seed(data.draw(st.integers(0, 99), label="seed"))
+        if how == "owned":
+            gran = data.draw(st.sampled_from(["param", "kernel", "channel"] if len(p.shape) == 4
+                                             else ["param", "channel"]), label="granularity")
+            if p.owners is None:
+                self._apply(rw.track_owners, node=node, param="weight", granularity=gran, acted=())
+                p = self.net.node(node).param("weight")
+            numbers = [0] + [self.net.tasks[u].added_at for u in self.net.tasks]
+            shape = p.owners.shape(p.shape)
+            values = torch.tensor(numbers, dtype=torch.int32)[torch.randint(0, len(numbers), shape, generator=g)]
+            self.store.update(p.owners.key, values)
+            self._apply(rw.set_grad_rule, nodes=node, params="weight", task=t, kind="freeze", provider="owned",
+                        acted=(), expect="maybe")
+        else:
+            key = self._fresh("mult.")
+            self.store.put(key, (torch.rand(p.shape[:1] + (1,) * (len(p.shape) - 1), generator=g) > 0.5).float())
+            self._apply(rw.set_grad_rule, nodes=node, params="weight", task=t, tensor=key, apply="update",
+                        acted=())
+
+    @precondition(lambda self: self.net is not None and self._on_route({"Gate"}))
+    @rule(data=st.data())
+    def add_task_embedding(self, data):
+        pairs = self._on_route({"Gate"})
+        free = [(t, n) for t, n in pairs if not any(p.task == t for p in self.net.node(n).params)]
+        pick = self._pick(data, free, [x for x in pairs if x not in free], "task_gate")
+        t, node = pick
+        new = self._apply(rw.add_task_embedding, node=node, task=t, acted=(t,),
+                          expect="change" if (t, node) in free else "error")
+        if new is not None:
+            own = [p for p in new.node(node).params if p.task == t]
+            assert own and all(p.owner == t for p in own)
 
     # ---- policy and annotations ---------------------------------------------------------------
 
@@ -502,24 +685,29 @@ class JointNetMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.net is not None)
     @rule(data=st.data())
-    def per_task_bn(self, data):
-        bns = self._on_route({"BatchNorm"})
-        free = [(t, n) for t, n in bns if not any(p.task == t for p in self.net.node(n).params)]
-        bad = [x for x in bns if x not in free] + self._on_route({"Conv2d", "Linear", "ReLU"})
-        pick = self._pick(data, free, bad, "task_node")
+    def own_param(self, data):
+        kinds = {"BatchNorm", "Conv2d", "Linear", "Head"}
+        candidates = self._on_route(kinds)
+        bad = self._on_route({"ReLU", "MaxPool2d", "Flatten"})
+        pick = self._pick(data, candidates, bad, "task_node")
         if pick is None:
             return
         t, node = pick
         init = data.draw(st.sampled_from(["copy", "fresh"]), label="init")
         n = self.net.node(node)
-        ok = n.kind == "BatchNorm" and not any(p.task == t for p in n.params)
-        new = self._apply(rw.per_task_bn, node=node, task=t, init=init,
+        names = sorted(n.spec.params())
+        if names:
+            chosen = data.draw(st.lists(st.sampled_from(names), min_size=1, unique=True), label="params")
+        else:
+            chosen = ["weight"]
+        ok = bool(names) and not any(p.task == t and p.name in chosen for p in n.params)
+        new = self._apply(rw.own_param, node=node, task=t, params=chosen, init=init,
                           acted=() if init == "copy" else (t,), expect="change" if ok else "error")
         if new is not None:
             own = [p for p in new.node(node).params if p.task == t]
-            assert {p.name for p in own} == {"weight", "bias", "running_mean", "running_var"}
-            used = {p.key for rows in new.params_for(t, node).values() for row in rows for p in row}
-            assert {p.key for p in own} == used
+            assert {p.name for p in own} >= set(chosen)
+            used = {p.key for name in chosen for row in new.params_for(t, node)[name] for p in row}
+            assert used <= {p.key for p in own}
             for u in new.users(node) - {t}:
                 assert not used & {p.key for rows in new.params_for(u, node).values() for row in rows for p in row}
 
@@ -590,7 +778,13 @@ class JointNetMachine(RuleBasedStateMachine):
                 raise AssertionError("fit with everything frozen should raise")
             return
         version = self.net.version
-        losses = fit(self.net, self.store, t, [(x, y)] * steps, lr=0.05)
+        tp = train_plan(self.net, self.store, t, lr=0.05)
+        protected = [(tensor, mask.clone(), tensor.detach().clone()) for tensor, mask, _ in tp.freezes]
+        protected += [(tensor, (m == 0).expand_as(tensor).clone(), tensor.detach().clone())
+                      for tensor, m in tp.update_mults]
+        losses = fit(self.net, self.store, t, [(x, y)] * steps, lr=0.05, momentum=0.9, weight_decay=0.01)
+        for tensor, mask, old in protected:
+            assert torch.equal(tensor.detach()[mask], old[mask]), "a gradient rule let a protected entry move"
         assert len(losses) == steps and all(math.isfinite(v) for v in losses)
         assert self.net.version == version
         trained = {id(p) for g in groups for p in g["params"]}
@@ -648,7 +842,7 @@ class JointNetMachine(RuleBasedStateMachine):
         ]
         if off:
             calls.append((rw.clone_node, dict(node=data.draw(st.sampled_from(off), label="off"), task=t)))
-        no_mask = [(u, n, p) for u, n, p in self._maskable() if self.net.node(n).mask(u, p) is None]
+        no_mask = [(u, n, p) for u, n, p in self._maskable() if not self.net.node(n).masks_of(u, p, "mask")]
         if no_mask:
             u, n, p = data.draw(st.sampled_from(no_mask), label="no_mask")
             calls.append((rw.commit_mask, dict(node=n, task=u, param=p)))
@@ -721,6 +915,7 @@ class JointNetMachine(RuleBasedStateMachine):
         inv.assert_param_counts(self.net, self.store)
         inv.assert_matches_reference(self.net, self.store, self.x, single)
         inv.assert_multi_matches_single(self.net, self.store, self.x, single)
+        inv.assert_execution_api_matches(self.net, self.store, self.x, single)
         inv.assert_open_tasks_do_not_compile(self.net, self.store)
         if inv.HAVE_SNAPSHOT:
             inv.assert_snapshot_roundtrip(self.net, self.store, self.x, single)

@@ -24,7 +24,7 @@ from jointnet.graph import (
     bind,
     clone_node,
     freeze,
-    per_task_bn,
+    own_param,
     prune,
     remove_task,
     set_lr_scale,
@@ -114,14 +114,14 @@ def test_counts_masks_apart():
     assert c["total"] == 85  # masks are not parameters
 
 
-def test_counts_per_task_bn_and_buffers():
+def test_counts_per_task_variants_and_buffers():
     layers = [{"kind": "linear", "out_f": 8}, {"kind": "bn"}, {"kind": "relu"}]
     net = backbones.build(layers, input_shape=(4,), task="t1", n_classes=2)
     bn = 8 + 8  # weight + bias; running mean / var are buffers
     c = param_counts(net)
     assert c["total"] == FC1 + bn + HEAD1 == 74 and c["buffers"] == 16
     net = add_head(bind(add_task(net, task="t2"), task="t2", to="t1"), task="t2", n_classes=3)
-    net = per_task_bn(net, node="bn1", task="t2")
+    net = own_param(net, node="bn1", task="t2")
     c = param_counts(net)
     assert c["shared"] == FC1 + bn
     assert c["owned"] == {"t1": HEAD1, "t2": HEAD2 + bn}
@@ -135,7 +135,7 @@ def test_counts_check_store_shapes():
     store = ParamStore().realize(net)
     assert param_counts(net, store)["total"] == 58
     key = net.node("fc1").params[0].key
-    store.put(key, torch.zeros(3, 3))
+    store._tensors[key] = torch.zeros(3, 3)  # a store damaged behind its API
     with pytest.raises(JointNetError, match="shape"):
         param_counts(net, store)
 
