@@ -158,6 +158,7 @@ class ParallelCrc(RunningCrc):
         self._todo: list[tuple[int, memoryview]] = []
         self._taken = 0
         self._closed = False
+        self._small_run = False  # whether the last piece is a run of small chunks still open
         self._cv = threading.Condition()
         self._threads = [threading.Thread(target=self._work, daemon=True, name="jointnet-crc")
                          for _ in range(helpers)]
@@ -166,10 +167,19 @@ class ParallelCrc(RunningCrc):
 
     def feed(self, chunk: Any) -> None:
         view = memoryview(chunk).cast("B")
-        if view.nbytes < PIECE // 16:  # headers: not worth a hand-off
-            self._sizes.append(view.nbytes)
-            self._crcs.append(crc32(view))
+        if view.nbytes < PIECE // 16:  # headers and small tensors: not worth a hand-off
+            # Consecutive small chunks run on in one piece, so `value` combines per large piece,
+            # not per chunk (a net of thousands of small tensors would otherwise pay a GF(2)
+            # combine for each).
+            if self._small_run:
+                self._crcs[-1] = crc32(view, self._crcs[-1])
+                self._sizes[-1] += view.nbytes
+            else:
+                self._sizes.append(view.nbytes)
+                self._crcs.append(crc32(view))
+                self._small_run = True
             return
+        self._small_run = False
         with self._cv:
             for start in range(0, view.nbytes, PIECE):
                 piece = view[start : start + PIECE]

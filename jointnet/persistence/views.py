@@ -71,7 +71,9 @@ def call_text(name: str, kwargs: Mapping[str, Any]) -> str:
 
 
 def _task_sorted(net: JointNet, tasks) -> list[str]:
-    order = {t: i for i, t in enumerate(net.tasks)}
+    order = net._cache.get("task_order")
+    if order is None:  # once per net: sorting users per node stays linear in nodes x users
+        order = net._cache["task_order"] = {t: i for i, t in enumerate(net.tasks)}
     return sorted(tasks, key=lambda t: (order.get(t, 1 << 30), t))
 
 
