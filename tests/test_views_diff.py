@@ -15,7 +15,7 @@ from jointnet import backbones
 from jointnet.persistence.diff import NetDiff, diff
 from jointnet.errors import JointNetError
 from jointnet.execution.store import ParamStore
-from jointnet.persistence.render import PALETTE, SHARED_FILL, render, to_dot
+from jointnet.persistence.render import PALETTE, SHARED_FILL, render, task_colors, to_dot
 from jointnet.graph import (
     add_head,
     add_task,
@@ -390,3 +390,25 @@ def test_render_svg(tmp_path):
     assert out == [tmp_path / "net.dot", tmp_path / "net.svg"]
     svg = (tmp_path / "net.svg").read_text()
     assert "<svg" in svg and "fc1" in svg
+
+
+def test_dot_colours_channel_groups_by_owner():
+    net = add_head(bind(add_task(one_task(), task="t2"), task="t2", to="t1"), task="t2", n_classes=2)
+    net = widen(net, node="fc1", k=2, task="t2")
+    colors = task_colors(net)
+    line = next(x for x in to_dot(net).splitlines() if x.strip().startswith('"fc1"'))
+    assert f'<TD BGCOLOR="{colors["t2"]}">+2 ch (t2)</TD>' in line
+    assert "Linear(4-&gt;10)" in line  # HTML-escaped
+
+
+def test_method_views_come_from_entry_points(monkeypatch):
+    from jointnet.persistence import views
+
+    def fake(group):
+        if group == views.INSPECT_VIEWS:
+            return [("demo", lambda net, store: {"tasks": len(net.tasks)}), ("quiet", lambda net, store: None)]
+        return [("demo", lambda a, b, sa, sb: ["moved"])]
+
+    monkeypatch.setattr(views, "_plugins", fake)
+    assert views.method_views(two_tasks()) == {"demo": {"tasks": 2}}
+    assert views.method_diffs(one_task(), two_tasks()) == {"demo": ["moved"]}

@@ -121,18 +121,57 @@ def _json(data: Any) -> str:
 # ---- subcommands --------------------------------------------------------------------------------
 
 
-def _cmd_inspect(args: argparse.Namespace) -> int:
-    from jointnet.persistence.views import sharing, summary
+def format_views(views: dict[str, Any]) -> str:
+    """Text for the method views of `inspect` / `diff`: a titled block each; a view gives a dict
+    (one ``key: value`` line each, nested dicts indented) or a list of lines."""
+    lines = []
 
-    net, _ = _load(args.snapshot)
+    def emit(value: Any, indent: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(v, (dict, list)) and v and not all(isinstance(x, (int, float, str)) for x in v):
+                    lines.append(f"{indent}{k}:")
+                    emit(v, indent + "  ")
+                else:
+                    lines.append(f"{indent}{k}: {_short_value(v)}")
+        elif isinstance(value, list):
+            for v in value:
+                if isinstance(v, (dict, list)):
+                    emit(v, indent + "  ")
+                else:
+                    lines.append(f"{indent}{v}")
+        else:
+            lines.append(f"{indent}{value}")
+
+    for name, value in views.items():
+        lines.append(f"{name}:")
+        emit(value, "  ")
+    return "\n".join(lines)
+
+
+def _short_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_short_value(x) for x in v) + "]"
+    return str(v)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from jointnet.persistence.views import method_views, sharing, summary
+
+    net, store = _load(args.snapshot, tensors=True)
     summ = summary(net)
     shared = sharing(net)
+    views = method_views(net, store)
     if args.json:
         summ = dict(summ)
         summ["sharing"] = shared
+        summ["methods"] = views
         print(_json(summ))
     else:
-        print(format_inspect(summ, shared, source=args.snapshot))
+        text = format_inspect(summ, shared, source=args.snapshot)
+        print(text + ("\n" + format_views(views) if views else ""))
     return 0
 
 
@@ -147,12 +186,17 @@ def _cmd_log(args: argparse.Namespace) -> int:
 
 def _cmd_diff(args: argparse.Namespace) -> int:
     from jointnet.persistence.diff import diff
+    from jointnet.persistence.views import method_diffs
 
     tensors = not args.no_tensors
     a, sa = _load(args.a, tensors=tensors)
     b, sb = _load(args.b, tensors=tensors)
     d = diff(a, b, sa, sb)
-    print(_json(d.to_dict()) if args.json else str(d))
+    views = method_diffs(a, b, sa, sb)
+    if args.json:
+        print(_json({**d.to_dict(), "methods": views}))
+    else:
+        print(str(d) + ("\n" + format_views(views) if views else ""))
     return 0
 
 

@@ -54,6 +54,20 @@ def _label(lines: list[str]) -> str:
     return '"' + "\\n".join(esc) + '"'
 
 
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def _table_label(lines: list[tuple[str, str | None]]) -> str:
+    """An HTML-like label: one row per line, a row with a colour filled with it (channel groups
+    coloured by their owner)."""
+    rows = []
+    for text, color in lines:
+        bg = f' BGCOLOR="{_html(color)}"' if color else ""
+        rows.append(f"<TR><TD{bg}>{_html(text)}</TD></TR>")
+    return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="1">' + "".join(rows) + "</TABLE>>"
+
+
 def to_dot(net: JointNet, task: str | None = None) -> str:
     """Graphviz DOT text of `net`; with `task`, only that task's route (nodes and edges).
 
@@ -83,16 +97,18 @@ def to_dot(net: JointNet, task: str | None = None) -> str:
             continue
         node = net.node(n)
         users = sort_tasks(net.users(n))
-        lines = [n, node.spec.short(), "{" + ",".join(users) + "}" if users else "{unused}"]
-        for g in node.out_groups:
-            lines.append(f"+{g.size} ch ({g.owner})")
+        lines: list[tuple[str, str | None]] = [
+            (n, None), (node.spec.short(), None), ("{" + ",".join(users) + "}" if users else "{unused}", None)]
+        for g in node.out_groups:  # channel groups, coloured by the task that owns them
+            lines.append((f"+{g.size} ch ({g.owner})", colors.get(g.owner, "white")))
         for m in node.masks:
             if task is None or m.task == task:  # a task's drawing shows only its own masks
                 kind = "" if m.kind == "mask" else f"/{m.kind}"
-                lines.append(f"mask {m.task}:{m.param}{kind} ({m.state})")
+                lines.append((f"mask {m.task}:{m.param}{kind} ({m.state})", None))
         if node.cloned_from:
-            lines.append(f"clone of {node.cloned_from}")
-        attrs = {"label": _label(lines)}
+            lines.append((f"clone of {node.cloned_from}", None))
+        grouped = bool(node.out_groups)
+        attrs = {"label": _table_label(lines) if grouped else _label([t for t, _ in lines])}
         if len(users) > 1:
             attrs.update(fillcolor=_q(SHARED_FILL), style=_q("rounded,filled,bold"), penwidth="2.5")
         elif len(users) == 1:

@@ -24,6 +24,7 @@ from jointnet.graph.net import JointNet, Node, Param, TensorRef
 
 __all__ = [
     "param_counts", "param_owner", "summary", "history", "sharing", "plain", "call_text", "SHARED",
+    "method_views", "method_diffs",
 ]
 
 SHARED = "<shared>"
@@ -293,3 +294,52 @@ def sharing(net: JointNet) -> list[dict[str, list[str]]]:
         if len(users[n]) >= 2 and net.node(n).kind != "Input":
             groups.setdefault(users[n], []).append(n)
     return [{"tasks": _task_sorted(net, ts), "nodes": nodes} for ts, nodes in groups.items()]
+
+
+# ---- method views: plugins ----------------------------------------------------------------------
+
+INSPECT_VIEWS = "jointnet.inspect"
+DIFF_VIEWS = "jointnet.diff"
+
+
+def _plugins(group: str) -> list:
+    from importlib.metadata import entry_points
+
+    out = []
+    for ep in sorted(entry_points(group=group), key=lambda e: e.name):
+        try:
+            out.append((ep.name, ep.load()))
+        except Exception as e:  # a plugin that does not import: say so, do not fail the view
+            out.append((ep.name, _broken(ep.value, e)))
+    return out
+
+
+def _broken(where: str, error: Exception):
+    def view(*_args):
+        return {"error": f"cannot load {where}: {type(error).__name__}: {error}"}
+    return view
+
+
+def method_views(net: JointNet, store=None) -> dict[str, Any]:
+    """What each installed method view (the ``jointnet.inspect`` entry-point group) says of `net`:
+    name -> plain data (a dict or list; a view returns None for a net it has nothing to say of).
+
+    A method keeps its state in the net (annotations, masks, policy) and the store; its view turns
+    that into what a reader wants (SPG's importance per node, GROWN's sizes, PAR's groups).
+    """
+    out = {}
+    for name, fn in _plugins(INSPECT_VIEWS):
+        data = fn(net, store)
+        if data is not None:
+            out[name] = plain(data)
+    return out
+
+
+def method_diffs(a: JointNet, b: JointNet, store_a=None, store_b=None) -> dict[str, Any]:
+    """What each installed method diff (the ``jointnet.diff`` group) says changed from `a` to `b`."""
+    out = {}
+    for name, fn in _plugins(DIFF_VIEWS):
+        data = fn(a, b, store_a, store_b)
+        if data is not None:
+            out[name] = plain(data)
+    return out
