@@ -29,9 +29,12 @@ Options (all of `LwF`'s attributes; defaults first):
 - ``t2_scale`` (True): multiply the distillation loss by T^2 (Hinton et al.'s convention, which
   keeps its gradients comparable across temperatures; a deviation from the paper, whose
   modified cross-entropy has no such factor). False gives the paper's plain scale.
-- ``warmup_epochs`` (0: none): epochs that first train only the new head, trunk and old heads
-  frozen (the paper's optional warm-up step, §3). They come before the trainer's ``epochs`` of
-  joint training; the freeze is transient (the net `step` returns carries no policy).
+- ``warmup_epochs`` (1; 0: none): epochs that first train only the new head, trunk and old heads
+  frozen (the paper's warm-up step, §3: "we first freeze theta_s and theta_o and train theta_n
+  to convergence", so a fresh head does not push random-head gradients into the shared trunk).
+  They come before the trainer's ``epochs`` of joint training; the freeze is transient (the net
+  `step` returns carries no policy). The paper trains to convergence; one epoch is our default
+  (a head on a trained trunk converges fast; raise it for larger heads).
 - ``freeze_old_heads`` (False): keep the old heads fixed (the paper trains them on the
   distillation loss).
 - ``backbone`` (None): layer list for the trunk; None: `default_backbone` of the stream's inputs.
@@ -40,7 +43,7 @@ Fixed choices: the distillation targets use the teacher's eval mode and the firs
 inference context; the KD term is the batch mean of the per-sample KL divergence.
 
 >>> LwF().lam, LwF().T, LwF().warmup_epochs
-(1.0, 2.0, 0)
+(1.0, 2.0, 1)
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class LwF:
         lam: weight of the distillation term, the paper's lambda_o (default 1.0).
         T: distillation temperature (default 2).
         t2_scale: multiply the distillation loss by T^2 (default True).
-        warmup_epochs: head-only epochs before joint training (default 0).
+        warmup_epochs: head-only epochs before joint training (default 1; 0: none).
         freeze_old_heads: keep the old heads fixed (default False).
         backbone: layer list for the trunk (default `default_backbone` of the stream's inputs).
     """
@@ -78,7 +81,7 @@ class LwF:
     lam: float = attrs.field(default=1.0, converter=float, validator=v.ge(0.0))
     T: float = attrs.field(default=2.0, converter=float, validator=v.gt(0.0))
     t2_scale: bool = attrs.field(default=True, validator=v.instance_of(bool))
-    warmup_epochs: int = attrs.field(default=0, validator=[v.instance_of(int), v.ge(0)])
+    warmup_epochs: int = attrs.field(default=1, validator=[v.instance_of(int), v.ge(0)])
     freeze_old_heads: bool = attrs.field(default=False, validator=v.instance_of(bool))
     backbone: list | None = None
 

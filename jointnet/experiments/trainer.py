@@ -212,7 +212,7 @@ def train_task(
                         loss = loss + extra
                 if not config.allow_nonfinite and not bool(torch.isfinite(loss.detach())):
                     raise JointNetError(
-                        f"task {task!r}: the loss is {float(loss):.4g} at epoch {epoch + 1}, batch {b + 1}; "
+                        f"task {task!r}: the loss is {float(loss.detach()):.4g} at epoch {epoch + 1}, batch {b + 1}; "
                         "lower the learning rate (or a strategy's loss weight), or set allow_nonfinite")
                 loss.backward()
                 tp.before_step()
