@@ -1,0 +1,42 @@
+"""What the subcommands share: loading a snapshot named on the command line, ``key=value``
+options, JSON output."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jointnet.errors import JointNetError
+
+__all__ = ["load_snapshot", "parse_options", "to_json"]
+
+
+def load_snapshot(path: str, tensors: bool = False):
+    """(net, store) from a snapshot file; the store is None unless `tensors` and the file has them."""
+    from pathlib import Path
+
+    from jointnet.persistence import snapshot
+
+    if not Path(path).is_file():
+        what = "is a directory, not a snapshot file" if Path(path).is_dir() else "no such snapshot file"
+        raise JointNetError(f"{what}: {path}")
+    net, store = snapshot.load(path)
+    return net, (store if tensors else None)
+
+
+def parse_options(items: list[str] | None, what: str) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as JSON when they parse, else kept as strings."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise JointNetError(f"{what} options are key=value (got {item!r})")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False)
