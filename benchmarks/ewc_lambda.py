@@ -2,8 +2,8 @@
 seeds, does training stay finite, and what AP / BWT does it reach?
 
 A run that meets a non-finite loss stops with the trainer's error (``allow_nonfinite`` is off);
-the table shows where. The default ``lam`` of `strategies.ewc.EWC` is the largest value here that
-no stream diverges on. The Fashion-MNIST streams use 5 tasks of ``--n-train`` training images
+the table shows where. The default ``lam`` of `strategies.ewc.EWC` (100) is one no stream
+diverges on, with a margin. The Fashion-MNIST streams use 5 tasks of ``--n-train`` training images
 (as `benchmarks/baselines.py`); the CTrL streams and ``synthetic`` use their own defaults.
 ctrl-long (100 tasks) and the CIFAR-100 streams (data not shipped) are left out by default.
 
