@@ -31,7 +31,7 @@ from _common import header  # noqa: E402
 
 import jointnet as jn  # noqa: E402
 from jointnet import backbones, snapshot  # noqa: E402
-from jointnet.cli.commands import format_inspect  # noqa: E402
+from jointnet.cli.snapshots import format_inspect  # noqa: E402
 from jointnet.persistence.views import sharing, summary  # noqa: E402
 
 BUILD_TARGET = 15.0

@@ -88,7 +88,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import attrs
@@ -96,7 +95,7 @@ import torch
 from attrs.validators import ge, gt, instance_of
 
 from jointnet import backbones
-from jointnet.errors import StrategyError
+from jointnet.errors import SpecError, StrategyError
 from jointnet.execution.optim import register_provider, train_plan
 from jointnet.execution.program import Context, task_context
 from jointnet.execution.store import ParamStore
@@ -116,7 +115,8 @@ from jointnet.graph import (
 )
 from jointnet.graph.layers import ParamInfo
 from jointnet.graph.net import JointNet, Param, TensorRef
-from jointnet.graph.shapes import task_shapes
+from jointnet.graph.gates import gate_neighbours as _gate_neighbours
+from jointnet.graph.gates import gates_on_route
 
 __all__ = [
     "DEFAULT_GATE_SCALE", "HAT", "PROVIDER", "RECOMMENDED_CONFIG", "HATHooks", "anneal_s",
@@ -263,67 +263,18 @@ def param_factor(info: ParamInfo, post: torch.Tensor, pre: torch.Tensor | None) 
 # ---- graph analysis -------------------------------------------------------------------------
 
 
-def gates_on_route(net: JointNet, task: str) -> list[str]:
-    """The Gate nodes of `task`'s route, in route order."""
-    return [n for n in net.route(task) if net.node(n).kind == "Gate"]
-
-
-def _next_on_route(net: JointNet, task: str, node: str) -> list[str]:
-    return [v for _, v, d in net.graph.out_edges(node, data=True) if task in d["tasks"]]
-
-
 def gate_neighbours(net: JointNet, task: str, node: str) -> tuple[str | None, str | None, int]:
-    """(pre gate, post gate, repeat) of the parametric node `node` on `task`'s route.
-
-    The post gate is the first Gate after `node`, the pre gate the nearest Gate before it, both
-    reached through channel-preserving nodes (ReLU, BatchNorm, Dropout, pooling, Flatten). pre is
-    None when the walk reaches the input (the first layer); post is None when it reaches the
-    head. `repeat` is how many input positions each pre-gate unit covers (H*W across a Flatten).
+    """(pre gate, post gate, repeat) of the parametric node `node` on `task`'s route
+    (`jointnet.graph.gates.gate_neighbours`: the nearest gates through channel-preserving nodes;
+    `repeat` input positions per pre-gate unit).
 
     Raises:
         StrategyError: the walk meets a merge or another parametric layer before a gate.
     """
-
-    def stuck(where: str, at: str) -> StrategyError:
-        return _fail(f"no {where} gate for node {node!r} on the route of task {task!r}: "
-                     f"the walk reaches {at!r} ({net.node(at).kind}) first", task)
-
-    post = None
-    cur = node
-    while True:
-        nxt = _next_on_route(net, task, cur)
-        if len(nxt) != 1:
-            raise _fail(f"node {cur!r} feeds {len(nxt)} nodes on the route of task "
-                        f"{task!r}; gates need a sequential trunk", task)
-        cur = nxt[0]
-        kind = net.node(cur).kind
-        if kind == "Gate":
-            post = cur
-            break
-        if kind == "Head":
-            break
-        if not net.node(cur).spec.passes_channels:
-            raise stuck("post", cur)
-    pre, repeat = None, 1
-    cur = node
-    shapes = task_shapes(net, task)
-    while True:
-        ins = net.inputs_of(cur, task)
-        if len(ins) != 1:
-            raise _fail(f"node {cur!r} has {len(ins)} inputs on the route of task "
-                        f"{task!r}; gates need a sequential trunk", task)
-        cur = ins[0]
-        kind = net.node(cur).kind
-        if kind == "Gate":
-            pre = cur
-            break
-        if kind == "Input":
-            break
-        if kind == "Flatten":
-            repeat *= math.prod(shapes[net.inputs_of(cur, task)[0]][1:])
-        elif not net.node(cur).spec.passes_channels:
-            raise stuck("pre", cur)
-    return pre, post, repeat
+    try:
+        return _gate_neighbours(net, task, node)
+    except SpecError as e:
+        raise _fail(str(e), task) from None
 
 
 def conditioned_params(net: JointNet, task: str) -> dict[str, list[str]]:

@@ -17,7 +17,9 @@ import torch
 from jointnet import backbones, snapshot
 from jointnet.cli import main
 from jointnet.execution.store import ParamStore
-from jointnet.graph import add_head, add_task, bind, clone_node, freeze, widen
+from jointnet.graph import (
+    add_head, add_task, attach_mask, bind, clone_node, commit_mask, freeze, track_owners, widen,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,7 +70,8 @@ def test_inspect(capsys, snaps):
     assert "owners={t2}" in lines["head.t2"]
     # fc1 (8x4 + 8 = 40) shared; heads 2x8+2 = 18 and 3x8+3 = 27 owned
     assert "parameters: total 85, shared 40, owned t1=18, t2=27" in out
-    assert "  {t1,t2}: fc1, relu1" in out
+    assert "  {t1,t2} (2 tasks): input, fc1, relu1" in out
+    assert "capacity" not in out  # no masks, owner maps or gates
 
 
 def test_inspect_after_growth(capsys, snaps):
@@ -80,7 +83,8 @@ def test_inspect_after_growth(capsys, snaps):
     # t1: fc1 40 + head.t1 18 = 58; t2: fc1.t2 (10x4 + 10 = 50) + head.t2 (3x10 + 3 = 33) + the
     # 2 input columns widen grew on head.t1 too, owned by t2 and unseen by t1 (2x2 = 4) = 87
     assert "parameters: total 145, shared 0, owned t1=58, t2=87" in out
-    assert "  {t1,t2}: relu1" in out
+    assert "  {t1,t2} (2 tasks): input, relu1" in out
+    assert "one task only: 2 task(s) with 2 node(s) of their own (e.g. t1: fc1, head.t1)" in out
 
 
 def test_inspect_json(capsys, snaps):
@@ -103,9 +107,14 @@ def test_log(capsys, snaps):
     assert rc == 0
     lines = out.splitlines()
     assert len(lines) == snaps.net_b.version == 11
+    assert lines[0] == "v1   add_input(node=input, shape=[4])"
+    assert lines[6] == "v7   bind(task=t2, to=t1)"
+    assert lines[-3].startswith("v9   clone_node(node=fc1, task=t2")
+    assert lines[-1] == "v11  freeze(nodes=relu1, task=t2, keep_owned=False)"
+    rc, out, _ = run(capsys, "log", snaps.b, "--full")  # every argument, as Python values
+    lines = out.splitlines()
+    assert rc == 0 and len(lines) == 11
     assert lines[0] == "v1   add_input(node='input', shape=(4,))"
-    assert lines[6] == "v7   bind(task='t2', to='t1')"
-    assert lines[-3].startswith("v9   clone_node(node='fc1', task='t2'")
     assert lines[-1] == "v11  freeze(nodes='relu1', task='t2', keep_owned=False)"
 
 
@@ -265,8 +274,178 @@ def test_python_dash_m_entry(snaps):
     proc = subprocess.run([sys.executable, "-m", "jointnet.cli", "log", snaps.a],
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1] == "v8  add_head(task='t2', n_classes=3, after=None, share_with=None, node=None)"
+    assert proc.stdout.splitlines()[-1] == "v8  add_head(task=t2, n_classes=3)"
     proc = subprocess.run([sys.executable, "-m", "jointnet.cli", "inspect", str(snaps.dir / "missing.jn")],
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("jointnet: error: ") and "Traceback" not in proc.stderr
+
+
+# ---- condensed views: many tasks, capacity, summarised log, a task's render ---------------------
+
+
+def many_tasks(n: int = 200):
+    """`n` tasks bound to t1's trunk (a head each), every other task with its own clone of fc2,
+    a mask per task on fc1's weight and an owner map there: the shape of HAT / PackNet / L2BG
+    nets at scale."""
+    net = backbones.build(backbones.mlp(4, [8, 8]), task="t1", n_classes=2)
+    net = track_owners(net, node="fc1", param="weight", granularity="param")
+    net = attach_mask(net, node="fc1", task="t1")
+    for i in range(2, n + 1):
+        t = f"t{i}"
+        net = add_head(bind(add_task(net, task=t), task=t, to="t1"), task=t, n_classes=2)
+        net = attach_mask(net, node="fc1", task=t)
+        if i % 2 == 0:
+            net = clone_node(net, node="fc2", task=t)
+        net = freeze(net, nodes=f"head.t{i - 1}")
+    return net
+
+
+def test_inspect_is_bounded_at_200_tasks(capsys, tmp_path):
+    net = many_tasks()
+    path = snapshot.save(tmp_path / "many.jn", net, ParamStore(seed=0).realize(net))
+    rc, out, err = run(capsys, "inspect", str(path))
+    lines = out.splitlines()
+    assert rc == 0 and err == ""
+    assert len(lines) <= 40, out  # was one line per task, node and shared pair before
+    assert max(len(line) for line in lines) <= 160
+    assert "JointNet version" in lines[0] and "200 task(s), 305 node(s)" in lines[0]
+    assert "tasks: 200 {t1..t200}" in out
+    assert "  fc1        Linear(4->8)  owners={t1..t200}  params=40  masks of {t1..t200}: weight live x200" in out
+    assert "head.t1 .. head.t200  Head(8->2)  200 nodes, one task each, {t1..t200}  params=18 each" in out
+    assert "fc2.t2 .. fc2.t200  Linear(8->8)  100 nodes, one task each" in out
+    assert "owned 200 tasks: min 18 (t1), median 54, max 90 (t2)" in out
+    assert "  {t1..t200} (200 tasks): input, fc1, relu1, relu2" in out
+    # --full: every task and node on a line of its own
+    rc, out, _ = run(capsys, "inspect", str(path), "--full")
+    lines = out.splitlines()
+    assert rc == 0
+    assert sum(1 for line in lines if line.startswith("  t") and "added_at=" in line) == 200
+    assert sum(1 for line in lines if "owners={" in line) == 305
+    # --json: everything
+    rc, out, _ = run(capsys, "inspect", str(path), "--json")
+    data = json.loads(out)
+    assert sorted(n for g in data["usage"] for n in g["nodes"]) == sorted(net.nodes)
+    assert len(data["capacity"]["tensors"][0]["used"]) == 200
+    assert data["task_params"]["t2"] == {"owned": 90, "shared": 40, "reused": 0, "total": 130, "from": {}}
+
+
+def _masked_net():
+    """t1, t2, t3 on one trunk; an owner map and a mask per task on fc1's weight (8x4 = 32
+    entries): t1 owns 16 and uses them, t2 owns 8 and uses 24 (its own and t1's), t3 owns none
+    and uses t1's 16; 8 entries are free."""
+    net = backbones.build(backbones.mlp(4, [8]), task="t1", n_classes=2)
+    for t in ("t2", "t3"):
+        net = add_head(bind(add_task(net, task=t), task=t, to="t1"), task=t, n_classes=2)
+    net = track_owners(net, node="fc1", param="weight", granularity="param")
+    for t in ("t1", "t2", "t3"):
+        net = attach_mask(net, node="fc1", task=t)
+    store = ParamStore(seed=0).realize(net)
+    node = net.node("fc1")
+    owners = torch.zeros(32, dtype=torch.int32)
+    owners[:16] = net.tasks["t1"].added_at
+    owners[16:24] = net.tasks["t2"].added_at
+    store.update(node.param("weight").owners.key, owners.reshape(8, 4))
+    uses = {"t1": torch.arange(32) < 16, "t2": torch.arange(32) < 24, "t3": torch.arange(32) < 16}
+    for t, u in uses.items():
+        store.update(node.mask(t).key, u.float().reshape(8, 4))
+    net = commit_mask(net, node="fc1", task="t1")  # a committed mask (packed bits) reads the same
+    return net, store.realize(net)
+
+
+def test_inspect_capacity_of_masks_and_owner_maps(capsys, tmp_path):
+    net, store = _masked_net()
+    path = snapshot.save(tmp_path / "masked.jn", net, store)
+    rc, out, _ = run(capsys, "inspect", str(path))
+    assert rc == 0
+    assert ("  fc1.weight        32  masks+owners   free 25.0%  owned t1=50.0%, t2=25.0%  "
+            "used t1=50.0%, t2=75.0%, t3=50.0%") in out
+    assert "    t1: uses 50.0%, owns 50.0%" in out and "    t3: uses 50.0%, owns 0.0%" in out
+    rc, out, _ = run(capsys, "inspect", str(path), "--json")
+    cap = json.loads(out)["capacity"]
+    assert cap["tensors"][0]["owned"] == {"t1": 0.5, "t2": 0.25}
+    assert cap["tensors"][0]["used"] == {"t1": 0.5, "t2": 0.75, "t3": 0.5}
+    assert cap["free"] == 0.25
+    # parameters per task split by the owner map over the entries each task's mask uses
+    tp = json.loads(out)["task_params"]
+    assert tp["t2"]["owned"] == 8 + 18 and tp["t2"]["reused"] == 16 and tp["t2"]["from"] == {"t1": 16}
+    assert tp["t3"]["owned"] == 18 and tp["t3"]["reused"] == 16
+    # without tensors there is nothing to measure: said, not guessed
+    bare = snapshot.save(tmp_path / "bare.jn", net, None, tensors=False)
+    rc, out, _ = run(capsys, "inspect", str(bare))
+    assert rc == 0 and out.splitlines()[-1] == "capacity: the snapshot holds no tensors"
+
+
+def test_inspect_capacity_of_task_gates(capsys, tmp_path):
+    """HAT-style gates: a unit is used by a task when sigmoid(s * e) > 0.5; a weight when its
+    output unit's gate (and its input unit's gate, if any) is open."""
+    from jointnet.graph import add_task_embedding
+
+    layers = [{"kind": "input", "shape": [4]}, {"kind": "linear", "out_f": 4}, {"kind": "relu"}, {"kind": "Gate"},
+              {"kind": "linear", "out_f": 2}, {"kind": "relu"}, {"kind": "Gate"}]
+    net = backbones.build(layers, task="t1", n_classes=2)
+    net = add_head(bind(add_task(net, task="t2"), task="t2", to="t1"), task="t2", n_classes=2)
+    gates = [n for n in net.nodes if net.node(n).kind == "Gate"]
+    for t in ("t1", "t2"):
+        for g in gates:
+            net = add_task_embedding(net, node=g, task=t)
+    store = ParamStore(seed=0).realize(net)
+    opened = {("t1", 0): [1, 1, -1, -1], ("t2", 0): [-1, 1, 1, -1], ("t1", 1): [1, -1], ("t2", 1): [1, 1]}
+    for (t, k), signs in opened.items():
+        store.update(net.node(gates[k]).param("embedding", task=t).key, torch.tensor(signs, dtype=torch.float32))
+    path = snapshot.save(tmp_path / "gated.jn", net, store)
+    rc, out, _ = run(capsys, "inspect", str(path), "--json")
+    cap = json.loads(out)["capacity"]
+    units = {u["node"]: u for u in cap["units"]}
+    assert units[gates[0]]["used"] == {"t1": 0.5, "t2": 0.5} and units[gates[0]]["free"] == 0.25
+    assert units[gates[1]]["used"] == {"t1": 0.5, "t2": 1.0} and units[gates[1]]["free"] == 0.0
+    by = {(e["node"], e["param"]): e for e in cap["tensors"]}
+    first, second = [n for n in net.route("t1") if net.node(n).kind == "Linear"][:2]
+    assert by[(first, "weight")]["used"] == {"t1": 0.5, "t2": 0.5}  # input not gated: rows only
+    # second layer: rows (its gate) x columns (the first gate): t1 1/2 * 2/4, t2 1 * 2/4
+    assert by[(second, "weight")]["used"] == {"t1": 0.25, "t2": 0.5}
+    assert by[(second, "bias")]["used"] == {"t1": 0.5, "t2": 1.0}
+    rc, out, _ = run(capsys, "inspect", str(path))
+    assert rc == 0 and f"  {gates[0]}" in out and "gate units" in out
+
+
+def test_log_summarises_long_annotations(capsys, tmp_path):
+    from jointnet.graph import annotate
+    from jointnet.graph.net import TensorRef
+
+    net = two_tasks()
+    provenance = {"bound_to": "t1", "conflict": 0.220656352924, "prob": 0.7346781850909027, "rank": 0,
+                  "slots": [{"slot": f"fc{i}", "conflict": 0.1 * i} for i in range(6)]}
+    net = annotate(net, node="fc1", key="l2bg.provenance", value=provenance)
+    net = annotate(net, node="fc1", key="hat.cum_mask", value=TensorRef("fc1.hat.cum_mask@106829814279"))
+    net = annotate(net, task="t2", key="note", value="x" * 300)
+    path = snapshot.save(tmp_path / "annotated.jn", net, None, tensors=False)
+    rc, out, _ = run(capsys, "log", str(path))
+    lines = out.splitlines()
+    assert rc == 0 and len(lines) == net.version and max(len(line) for line in lines) <= 160
+    assert lines[-3] == "v9   annotate(key=l2bg.provenance, value={bound_to, conflict, prob, ... 5 keys}, node=fc1)"
+    assert lines[-2] == "v10  annotate(key=hat.cum_mask, value=tensor(fc1.hat.cum_mask), node=fc1)"
+    assert lines[-1] == "v11  annotate(key=note, value='" + "x" * 37 + "'..., task=t2)"
+    rc, out, _ = run(capsys, "log", str(path), "--full")
+    assert "'conflict': 0.220656352924" in out and "x" * 300 in out and "106829814279" in out
+
+
+def test_render_task_shows_only_its_masks_and_channels(capsys, tmp_path):
+    net, _ = _masked_net()
+    net = widen(net, node="fc1", k=2, task="t3")
+    path = snapshot.save(tmp_path / "masked.jn", net, None, tensors=False)
+    rc, _, _ = run(capsys, "render", str(path), "-o", str(tmp_path / "all.dot"))
+    text = (tmp_path / "all.dot").read_text()
+    assert rc == 0 and "mask t1:weight (committed)" in text and "mask t2:weight (live)" in text
+    assert "+2 ch (t3)" in text
+    rc, _, _ = run(capsys, "render", str(path), "--task", "t2", "-o", str(tmp_path / "t2.dot"))
+    text = (tmp_path / "t2.dot").read_text()
+    assert rc == 0 and "mask t2:weight (live)" in text
+    assert "mask t1" not in text and "mask t3" not in text and "+2 ch" not in text
+    assert "{t1..t3}" in text  # users as a run of tasks
+
+
+def test_help_lists_report_and_export(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "report" in out and "export" in out

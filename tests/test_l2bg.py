@@ -540,13 +540,13 @@ def test_provenance_survives_snapshot_real_data(tmp_path, capsys):
     assert again.matrix == results["matrix"]
     snap = str(tmp_path / "run" / results["snapshots"][-1])
     capsys.readouterr()
-    assert cli_main(["inspect", snap]) == 0
+    assert cli_main(["inspect", "--full", snap]) == 0
     out = capsys.readouterr().out
     assert 'annotations={"l2bg": {"bound_to"' in out and "annotations=l2bg" in out  # tasks, grown nodes
     assert cli_main(["inspect", "--json", snap]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["annotations"][GROW_LOG] == log
-    assert cli_main(["log", snap]) == 0
+    assert cli_main(["log", "--full", snap]) == 0
     clones = re.findall(r"clone_node\(.*new_id='([^']+)'", capsys.readouterr().out)
     assert grown_nodes and sorted(clones) == sorted(grown_nodes)  # one logged clone_node per grown node
 

@@ -10,6 +10,8 @@ import shutil
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from jointnet import backbones
 from jointnet.persistence.diff import NetDiff, diff
@@ -30,7 +32,9 @@ from jointnet.graph import (
     set_lr_scale,
     widen,
 )
-from jointnet.persistence.views import history, param_counts, sharing, summary
+from jointnet.persistence.views import (
+    call_summary, capacity, history, param_counts, sharing, short_value, summary, task_params, task_runs, usage,
+)
 
 # mlp(4, [8]) with a 2-class head for t1:
 FC1 = 8 * 4 + 8  # fc1: Linear(4->8) weight + bias = 40
@@ -412,3 +416,99 @@ def test_method_views_come_from_entry_points(monkeypatch):
     monkeypatch.setattr(views, "_plugins", fake)
     assert views.method_views(two_tasks()) == {"demo": {"tasks": 2}}
     assert views.method_diffs(one_task(), two_tasks()) == {"demo": ["moved"]}
+
+
+# ---- condensed views: task runs, usage, parameters per task, capacity, summarised records --------
+
+
+def _expand_runs(order: list[str], runs: list[str]) -> set[str]:
+    out: set[str] = set()
+    for r in runs:
+        if ".." in r:
+            a, b = r.split("..")
+            out.update(order[order.index(a): order.index(b) + 1])
+        else:
+            out.add(r)
+    return out
+
+
+@given(st.sets(st.integers(0, 59)))
+def test_task_runs_round_trip(picked):
+    order = [f"t{i + 1}" for i in range(60)]
+    tasks = {order[i] for i in picked}
+    runs = task_runs(order, tasks)
+    assert _expand_runs(order, runs) == tasks
+    # a run of three or more consecutive tasks is one entry; nothing shorter is merged
+    for r in runs:
+        if ".." in r:
+            a, b = (order.index(x) for x in r.split(".."))
+            assert b - a >= 2
+    capped = task_runs(order, tasks, max_runs=3)
+    assert len(capped) <= 4 and (len(runs) <= 3 or capped[-1] == f"+{len(runs) - 3} more")
+
+
+def test_usage_partitions_every_node():
+    net = clone_node(two_tasks(), node="fc1", task="t2")
+    groups = usage(net)
+    nodes = [n for g in groups for n in g["nodes"]]
+    assert sorted(nodes) == sorted(net.nodes) and len(nodes) == len(set(nodes))
+    assert {tuple(g["tasks"]): tuple(g["nodes"]) for g in groups} == {
+        ("t1", "t2"): ("input", "relu1"), ("t1",): ("fc1", "head.t1"), ("t2",): ("fc1.t2", "head.t2")}
+    # a node no task routes through is its own group, with no tasks
+    dead = remove_task(net, task="t2")
+    assert {"tasks": [], "nodes": ["fc1.t2", "head.t2"]} in usage(dead)
+
+
+def test_task_params_owned_shared_reused():
+    net = two_tasks()
+    tp = task_params(net)
+    assert tp["t1"] == {"owned": HEAD1, "shared": FC1, "reused": 0, "total": HEAD1 + FC1, "from": {}}
+    # t3 routes through t2's clone of fc1, which t2 owns: t3 reuses it
+    net = clone_node(net, node="fc1", task="t2")
+    net = add_head(bind(add_task(net, task="t3"), task="t3", to="t2"), task="t3", n_classes=2)
+    tp = task_params(net)
+    assert tp["t3"]["reused"] == 0 and tp["t3"]["shared"] == FC1  # fc1.t2 is now used by t2 and t3
+    assert tp["t2"]["owned"] == HEAD2 and tp["t3"]["owned"] == 2 * 8 + 2
+    for row in tp.values():
+        assert row["total"] == row["owned"] + row["shared"] + row["reused"]
+
+
+def test_capacity_none_without_masks_owner_maps_or_gates():
+    net = two_tasks()
+    assert capacity(net, ParamStore(seed=0).realize(net)) is None
+    masked = attach_mask(net, node="fc1", task="t2")
+    with pytest.raises(JointNetError, match="needs the snapshot's tensors"):
+        capacity(masked, None)
+    c = capacity(masked, ParamStore(seed=0).realize(masked))  # a fresh mask of ones: all used
+    assert c["tensors"][0]["used"] == {"t2": 1.0} and c["free"] == 0.0 and c["tasks"]["t1"]["used"] == 0.0
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=80),
+                    lambda inner: st.lists(inner, max_size=8) | st.dictionaries(st.text(max_size=12), inner, max_size=8),
+                    max_leaves=40).filter(lambda v: v is not None))
+def test_call_summary_is_one_bounded_line(value):
+    line = call_summary("annotate", {"key": "k", "value": value, "node": "fc1"})
+    assert "\n" not in line and len(line) <= 160
+    assert line.startswith("annotate(key=k, value=") and line.endswith(")")
+    assert "\n" not in short_value(value)
+    assert call_summary("annotate", {"key": "k", "value": None}) == "annotate(key=k)"  # None: left out
+
+
+def test_capacity_skips_what_it_cannot_measure(tmp_path, monkeypatch):
+    """A mask whose transform nobody registered (its plugin not imported) is listed, not fatal."""
+    from jointnet.execution import masks
+    from jointnet.graph.net import MASK_TRANSFORMS
+    from jointnet.persistence import snapshot
+
+    monkeypatch.setattr(masks, "_DETERMINISTIC", dict(masks._DETERMINISTIC))
+    monkeypatch.setattr(masks, "_TRAIN", dict(masks._TRAIN))
+    monkeypatch.setattr(masks, "RUNTIME", dict(masks.RUNTIME))
+    masks.register_transform("plugin_only", lambda m, ctx, s: m, lambda m: m)
+    net = attach_mask(two_tasks(), node="fc1", task="t2", transform="plugin_only")
+    path = snapshot.save(tmp_path / "p.jn", net, ParamStore(seed=0).realize(net))
+    monkeypatch.delitem(masks._DETERMINISTIC, "plugin_only")
+    MASK_TRANSFORMS.discard("plugin_only")
+    net, store = snapshot.load(path)
+    c = capacity(net, store)
+    assert c["tensors"] == [] and c["skipped"] == [{"node": "fc1", "param": "weight", "why": (
+        "mask transform 'plugin_only' is not registered (import the method that defines it)")}]

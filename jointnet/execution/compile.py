@@ -17,6 +17,7 @@ v1 = F.linear(x, self.fc1_weight, self.fc1_bias)  # fc1
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import attrs
@@ -56,6 +57,18 @@ class CompiledNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"tasks={self.tasks}, version={self.net_version}"
+
+    def __reduce_ex__(self, protocol):
+        raise CompileError(
+            "a compiled jointnet module cannot be pickled (e.g. by torch.save(module)): its forward is "
+            "generated code. Save the net with jointnet.save(path, net, store), or export a task with "
+            "'jointnet export SNAP --task T -o FILE.pt2' (jointnet.execution.export.export_task)")
+
+    def __deepcopy__(self, memo):  # deepcopy goes through __reduce_ex__ too: copy the state instead
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return new
 
     def _ctx(self, ctx: Context | None) -> Context:
         if ctx is None:

@@ -29,6 +29,7 @@ import torch
 from jointnet.persistence.values import Malformed
 
 __all__ = [
+    "write_bytes_atomically",
     "crc32", "crc32_combine", "fast_crc32_available", "RunningCrc", "ParallelCrc", "crc_for",
     "crc_helpers", "prefer_huge_pages", "raw_view", "FileWriter", "write_atomically", "Source", "PIECE",
 ]
@@ -356,6 +357,12 @@ def write_atomically(path: Path, emit: Callable[[Callable[[Any], None]], None]) 
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def write_bytes_atomically(path: Path, data: bytes | str) -> None:
+    """`write_atomically` for data in memory (text is written as UTF-8)."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    write_atomically(Path(path), lambda write: write(payload))
 
 
 def _fsync_dir(directory: Path) -> None:

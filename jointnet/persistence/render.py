@@ -3,7 +3,9 @@
 Colours: each task gets one colour of a fixed palette, in task order (the 11th task reuses the
 first colour). A node used by exactly one task is filled with that task's colour; a node shared
 by several tasks is grey with a bold border; a node no task uses is white and dashed. Labels show
-the node id, its short spec and its users (``{t1,t2}``), plus grown channel groups and masks.
+the node id, its short spec and its users (``{t1,t2}``; runs of consecutive tasks as
+``{t1..t200}``), plus grown channel groups and masks. A task's drawing (``task=``) shows only that
+task's masks and the channel groups it sees.
 An edge is drawn in the colour(s) of the tasks routed on it and labelled with their names.
 
 >>> from jointnet import backbones
@@ -22,6 +24,7 @@ import networkx as nx
 
 from jointnet.errors import JointNetError
 from jointnet.graph.net import JointNet
+from jointnet.persistence.views import task_runs
 
 __all__ = ["PALETTE", "SHARED_FILL", "task_colors", "to_dot", "render"]
 
@@ -97,10 +100,13 @@ def to_dot(net: JointNet, task: str | None = None) -> str:
             continue
         node = net.node(n)
         users = sort_tasks(net.users(n))
+        # users as runs in task order ({t1..t200}), so a label stays short for many tasks
         lines: list[tuple[str, str | None]] = [
-            (n, None), (node.spec.short(), None), ("{" + ",".join(users) + "}" if users else "{unused}", None)]
+            (n, None), (node.spec.short(), None),
+            ("{" + ",".join(task_runs(net, users, 6)) + "}" if users else "{unused}", None)]
         for g in node.out_groups:  # channel groups, coloured by the task that owns them
-            lines.append((f"+{g.size} ch ({g.owner})", colors.get(g.owner, "white")))
+            if task is None or net.group_visible(task, g):  # a task's drawing: the channels it sees
+                lines.append((f"+{g.size} ch ({g.owner})", colors.get(g.owner, "white")))
         for m in node.masks:
             if task is None or m.task == task:  # a task's drawing shows only its own masks
                 kind = "" if m.kind == "mask" else f"/{m.kind}"
