@@ -423,7 +423,7 @@ def test_strategies_are_registered_with_documented_defaults():
     e, l_ = EWC(), LwF()
     assert (e.lam, e.fisher, e.n_samples, e.fisher_batch_size, e.per_sample, e.mode, e.gamma) == (
         100.0, "empirical", 1024, 1, "closed_form", "sum", 1.0)
-    assert (l_.lam, l_.T, l_.t2_scale, l_.warmup_epochs, l_.freeze_old_heads) == (1.0, 2.0, True, 1, False)
+    assert (l_.lam, l_.T, l_.t2_scale, l_.warmup_epochs, l_.freeze_old_heads) == (1.0, 2.0, False, 1, False)
     with pytest.raises(ValueError):
         EWC(mode="offline")
     with pytest.raises(ValueError):
