@@ -12,6 +12,7 @@ __all__ = [
     "DataError",
     "StreamError",
     "StrategyError",
+    "NonFiniteLoss",
 ]
 
 
@@ -85,3 +86,12 @@ class StrategyError(JointNetError):
         self.reason = message
         where = f"{strategy}, task {task!r}" if task is not None else strategy
         super().__init__(f"{where}: {message}")
+
+
+class NonFiniteLoss(JointNetError):
+    """The loss became NaN or infinite (and ``TrainConfig.allow_nonfinite`` is off); carries
+    `task`, `epoch` and `batch` (1-based) and names them in its message."""
+
+    def __init__(self, message: str, *, task: str, epoch: int, batch: int):
+        super().__init__(message)
+        self.task, self.epoch, self.batch = task, epoch, batch

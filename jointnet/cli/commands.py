@@ -8,10 +8,14 @@ Subcommands::
     jointnet log SNAP [--json]           the rewrite history, one record per line
     jointnet diff A B [--json]           what changed from snapshot A to snapshot B
     jointnet render SNAP [--task T] -o FILE   Graphviz drawing (.dot always; .svg/.png/.pdf via dot)
+    jointnet run --strategy S --stream T --out DIR [...]   a strategy over a stream (`jointnet.cli.run`)
+    jointnet run --resume DIR            continue a run (or a --seeds sweep)
+    jointnet options [NAME]              every option of a strategy, a stream or the trainer
     jointnet demo [--out DIR] [--epochs N]    a short end-to-end demo (`jointnet.cli.demo`)
 
-Bad input (a missing or corrupt snapshot, an unknown task) prints one line to stderr and exits
-with status 2, without a traceback.
+Bad input (a missing or corrupt snapshot, an unknown task, a bad option or argument) prints one
+line ``jointnet: error: ...`` to stderr and exits with status 2, without a traceback; Ctrl-C
+prints one line and exits with status 130.
 """
 
 from __future__ import annotations
@@ -38,10 +42,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return int(rc or 0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with usage errors on one line (``jointnet: error: ...``, status 2)
+    like every other error of the command line; subcommands' parsers are of this class too."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"jointnet: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from jointnet import __version__
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="jointnet",
         description="Inspect, diff and draw jointnet snapshots (continual-learning architectures as graphs).",
     )
@@ -57,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=None, help="training epochs per task (default 2)")
     s.add_argument("--n-train", type=int, default=None, help="training images per task (default 2000)")
     s.add_argument("--data-dir", default=None, metavar="DIR", help="where Fashion-MNIST is")
-    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--seed", type=int, default=None, help="seed of every run (default 0)")
+    s.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default 1, as jointnet run)")
     s.set_defaults(func=_cmd_demo)
     return p
 
@@ -88,5 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(msg if name == "JointNetError" else f"{name}: {msg}")
     except BrokenPipeError:  # pragma: no cover - e.g. `jointnet log X | head`
         return 0
+    except KeyboardInterrupt:  # `run` says how to resume; anything else has nothing to resume
+        print("jointnet: interrupted", file=sys.stderr)
+        return 130
     except OSError as e:
         return _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))

@@ -25,12 +25,21 @@ def load_snapshot(path: str, tensors: bool = False):
 
 
 def parse_options(items: list[str] | None, what: str) -> dict[str, Any]:
-    """``key=value`` pairs; values are read as JSON when they parse, else kept as strings."""
+    """``key=value`` pairs of the flag `what` (``-O``, ``-S``, ``-T``); values are read as JSON
+    when they parse (``3``, ``0.5``, ``true``, ``null``, ``[1, 2]``, ``"x"``), else kept as
+    strings. A key given twice is an error.
+
+    >>> parse_options(["lr=0.1", "optimizer=adam", "patience=null"], "-T")
+    {'lr': 0.1, 'optimizer': 'adam', 'patience': None}
+    """
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
-            raise JointNetError(f"{what} options are key=value (got {item!r})")
+            raise JointNetError(f"{what} takes key=value (got {item!r:.60})")
+        if key in out:
+            raise JointNetError(f"{what} {key} is given twice")
         try:
             out[key] = json.loads(value)
         except ValueError:

@@ -9,6 +9,8 @@ architecture between the first and the last task (`jointnet.persistence.diff`), 
 are with the commands to inspect them.
 
 Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist`` (or ``--data-dir``).
+Every option is checked, and the stream built once, before anything is written; training uses
+``--threads`` CPU threads (default 1, as ``jointnet run``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import attrs
 from jointnet.persistence import snapshot
 from jointnet.persistence.diff import diff
 from jointnet.errors import JointNetError
-from jointnet.experiments.runner import RunSpec, format_matrix, run
+from jointnet.experiments.runner import RunSpec, format_matrix, prepare, run
 
 __all__ = ["main", "DEMO_RUNS", "MANIFEST"]
 
@@ -40,20 +42,23 @@ MANIFEST = ".jointnet-demo.json"
 _MIN_TRAIN = 20  # 10 images per class: enough for a validation image of each
 
 
-def _options(args: argparse.Namespace | None) -> tuple[Path, int, int, str | None, int]:
-    """(out, epochs, n_train, data_dir, seed) from the parsed arguments, each validated."""
+def _options(args: argparse.Namespace | None) -> tuple[Path, int, int, str | None, int, int]:
+    """(out, epochs, n_train, data_dir, seed, threads) from the parsed arguments, each validated."""
 
     def opt(name: str, default):
         value = getattr(args, name, None)
         return default if value is None else value
 
     out = Path(opt("out", "jointnet-demo"))
-    epochs, n_train, seed = opt("epochs", 2), opt("n_train", 2000), opt("seed", 0)
-    for flag, value, lo in (("--epochs", epochs, 1), ("--n-train", n_train, _MIN_TRAIN), ("--seed", seed, 0)):
+    epochs, n_train, seed, threads = opt("epochs", 2), opt("n_train", 2000), opt("seed", 0), opt("threads", 1)
+    for flag, value, lo in (("--epochs", epochs, 1), ("--n-train", n_train, _MIN_TRAIN), ("--seed", seed, 0),
+                            ("--threads", threads, 1)):
         if type(value) is not int or value < lo:
             raise JointNetError(f"--{flag.lstrip('-')} must be an int >= {lo} (got {value!r})")
     data_dir = getattr(args, "data_dir", None)
-    return out, epochs, n_train, (str(data_dir) if data_dir else None), seed
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise JointNetError(f"--data-dir {data_dir}: no such directory")
+    return out, epochs, n_train, (os.path.abspath(data_dir) if data_dir else None), seed, threads
 
 
 def _read_manifest(out: Path) -> list[dict]:
@@ -129,9 +134,14 @@ def _write_manifest(out: Path, runs: list[Path]) -> None:
 
 
 def main(args: argparse.Namespace | None = None) -> int:
-    out, epochs, n_train, data_dir, seed = _options(args)
+    out, epochs, n_train, data_dir, seed, threads = _options(args)
     if out.exists() and not out.is_dir():
         raise JointNetError(f"--out {out} is not a directory")
+    stream_options = {"n_train_per_task": n_train, "n_test_per_task": 1000}
+    config = {"epochs": epochs, "threads": threads}
+    specs = {name: RunSpec(name, STREAM, seed=seed, stream_options=stream_options, config=config, data_dir=data_dir)
+             for name in DEMO_RUNS}
+    prepare(specs[DEMO_RUNS[0]])  # the options and the data, before anything is written
     if out.is_dir() and any(out.iterdir()):
         _remove_own(out)  # refuses a non-empty directory that no demo wrote
         leftovers = [p for name in DEMO_RUNS for p in _runner_files(out / name)]
@@ -139,9 +149,6 @@ def main(args: argparse.Namespace | None = None) -> int:
             raise JointNetError(f"{leftovers[0]} was not written by the last demo (or changed since); "
                                 "remove it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    stream_options = {"n_train_per_task": n_train, "n_test_per_task": 1000}
-    if data_dir:
-        stream_options["data_dir"] = data_dir
     print(f"jointnet demo: {', '.join(DEMO_RUNS)} on {STREAM} (5 tasks x 2 classes, {n_train} training "
           f"images per task, {epochs} epochs, seed {seed}); output in {out}/")
     results = {}
@@ -150,19 +157,21 @@ def main(args: argparse.Namespace | None = None) -> int:
     try:
         for name in DEMO_RUNS:
             run_dir = out / name
-            spec = RunSpec(name, STREAM, seed=seed, stream_options=stream_options, config={"epochs": epochs})
             print(f"\n== {name}")
             done.append(run_dir)
-            results[name] = run(spec, run_dir, echo=lambda m: None if " epoch " in m else print("  " + m))
+            results[name] = run(specs[name], run_dir, echo=lambda m: None if " epoch " in m else print("  " + m))
             r = results[name]
             print(format_matrix(r["tasks"], r["matrix"]))
     finally:
         _write_manifest(out, [d for d in done if d.is_dir()])
     print("\n== comparison (accuracy matrices above; R[i][j] = accuracy on task j after task i)")
-    print(f"{'strategy':<12} {'AP':>7} {'AF':>8} {'BWT':>8} {'params':>9} {'time s':>7}")
+    print("AP: mean final accuracy; F: forgetting (best earlier minus final accuracy, positive = forgets); "
+          "AF (PAR's) and BWT: final minus just-trained accuracy")
+    print(f"{'strategy':<12} {'AP':>7} {'F':>7} {'AF':>8} {'BWT':>8} {'params':>9} {'time s':>7}")
     for name, r in results.items():
         m, p = r["metrics"], r["params"][-1]
-        print(f"{name:<12} {m['AP']:7.4f} {m['AF']:+8.4f} {m['BWT']:+8.4f} {p['total']:9d} {sum(r['wall_time']):7.1f}")
+        print(f"{name:<12} {m['AP']:7.4f} {m['F']:7.4f} {m['AF']:+8.4f} {m['BWT']:+8.4f} {p['total']:9d} "
+              f"{sum(r['wall_time']):7.1f}")
     main_run = out / DEMO_RUNS[0]
     snaps = [main_run / s for s in results[DEMO_RUNS[0]]["snapshots"]]
     first, _ = snapshot.load(snaps[0])

@@ -6,13 +6,21 @@
 - **AP** (average accuracy) = (1/T) sum_j R[T-1][j]                           (PAR §5, SPG ACC)
 - **AF** (average forgetting, PAR's form) = (1/T) sum_j (R[T-1][j] - R[j][j])  (divides by T;
   <= 0 means forgetting; the last task contributes 0)
+- **F** (forgetting, Chaudhry et al. 2018, "Riemannian Walk", the form most CL libraries report) =
+  (1/(T-1)) sum_{j<T-1} (max_{i in [j, T-2]} R[i][j] - R[T-1][j]): the best accuracy task j
+  had before the last task minus its final one; positive means forgetting (negative only when
+  final accuracies beat every earlier one); 0.0 for a single task
 - **BWT** (backward transfer) = (1/(T-1)) sum_{j<T-1} (R[T-1][j] - R[j][j])    (SPG §4.2, L2BG §4)
 - **FWT** against an explicit reference accuracy per task (e.g. independent nets):
   (1/T) sum_j (R[j][j] - ref[j])                                              (SPG §4.2, L2BG §4)
 
+AF and BWT compare the final accuracy with the accuracy *just after* training each task; F with
+the *best* accuracy a task had before the end, so F >= -BWT (F counts a task whose accuracy rose
+and fell again; BWT nets the rise against the fall).
+
 >>> R = [[0.9, None], [0.8, 0.7]]
->>> round(average_accuracy(R), 3), round(average_forgetting(R), 3), round(bwt(R), 3)
-(0.75, -0.05, -0.1)
+>>> round(average_accuracy(R), 3), round(average_forgetting(R), 3), round(bwt(R), 3), round(forgetting(R), 3)
+(0.75, -0.05, -0.1, 0.1)
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from collections.abc import Sequence
 
 from jointnet.errors import JointNetError
 
-__all__ = ["average_accuracy", "average_forgetting", "bwt", "fwt", "summarize"]
+__all__ = ["average_accuracy", "average_forgetting", "bwt", "forgetting", "fwt", "summarize"]
 
 Matrix = Sequence[Sequence[float | None]]
 
@@ -61,6 +69,20 @@ def bwt(R: Matrix) -> float:
     return sum(R[T - 1][j] - R[j][j] for j in range(T - 1)) / (T - 1)
 
 
+def forgetting(R: Matrix) -> float:
+    """F (Chaudhry et al. 2018): for each task j < T-1, its best accuracy before the last task,
+    max over i in [j, T-2] of R[i][j], minus its final accuracy R[T-1][j]; the mean over the first
+    T-1 tasks (0.0 for a single task). Positive means forgetting.
+
+    >>> round(forgetting([[0.5, None, None], [0.9, 0.8, None], [0.6, 0.8, 0.7]]), 4)  # (0.3 + 0) / 2
+    0.15
+    """
+    T = _square(R)
+    if T == 1:
+        return 0.0
+    return sum(max(R[i][j] for i in range(j, T - 1)) - R[T - 1][j] for j in range(T - 1)) / (T - 1)
+
+
 def fwt(R: Matrix, reference: Sequence[float]) -> float:
     """FWT against `reference[j]`, the accuracy a reference learner (e.g. an independent net)
     reaches on task j: mean of R[j][j] - reference[j]."""
@@ -71,8 +93,8 @@ def fwt(R: Matrix, reference: Sequence[float]) -> float:
 
 
 def summarize(R: Matrix, reference: Sequence[float] | None = None) -> dict[str, float]:
-    """AP, AF, BWT and (with a reference) FWT in one dict."""
-    out = {"AP": average_accuracy(R), "AF": average_forgetting(R), "BWT": bwt(R)}
+    """AP, AF, F, BWT and (with a reference) FWT in one dict."""
+    out = {"AP": average_accuracy(R), "AF": average_forgetting(R), "F": forgetting(R), "BWT": bwt(R)}
     if reference is not None:
         out["FWT"] = fwt(R, reference)
     return out

@@ -13,15 +13,23 @@
 - Early stopping on validation accuracy keeps the best weights of the tensors being trained; LR
   schedules: none, cosine, step, or plateau (divide by `lr_factor` after `lr_patience` epochs
   without improvement, stop below `min_lr`, as HAT's and PackNet's code do).
-- CPU runs are deterministic for a fixed seed: shuffling uses a generator seeded from
-  (seed, task), never the global RNG. CUDA runs use AMP (bf16 autocast) unless disabled.
+- CPU runs are deterministic for a fixed seed and thread count: shuffling uses a generator
+  seeded from (seed, task), never the global RNG. The thread count matters: parallel reductions
+  (convolutions, large sums) round differently with 1 and 2 threads, so the same seed gives the
+  same bits only with the same ``threads``. CUDA runs use AMP (bf16 autocast) unless disabled.
+- Progress: a `TrainProgress` observer sees every batch and epoch. `train_task` reports to the
+  one passed as ``progress=``, else to the one installed by `observe` (the runner's per-task bar
+  counts the batches of every training call a strategy makes for a task), else, with
+  ``config.progress``, to a tqdm bar of its own (batches of this call).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -29,18 +37,50 @@ import torch
 import torch.nn.functional as F
 
 from jointnet.execution.compile import compile_net
-from jointnet.errors import JointNetError
+from jointnet.errors import JointNetError, NonFiniteLoss
 from jointnet.graph.net import JointNet
 from jointnet.execution.store import ParamStore
 from jointnet.execution.optim import train_plan
 from jointnet.execution.program import Context, task_context
 
-__all__ = ["TrainConfig", "Hooks", "TrainResult", "train_task", "accuracy", "predict"]
+__all__ = ["TrainConfig", "Hooks", "TrainResult", "TrainProgress", "NonFiniteLoss", "train_task", "observe",
+           "torch_threads", "accuracy", "predict"]
 
 
 @attrs.frozen
 class TrainConfig:
-    """Hyper-parameters of one task's training."""
+    """Hyper-parameters of one task's training (``-T key=value`` on ``jointnet run``).
+
+    Options (defaults first; ``jointnet options trainer`` lists them with their types):
+
+    - ``epochs`` (5): epochs per training call, >= 0 (0 trains nothing).
+    - ``batch_size`` (64): training batch size, > 0.
+    - ``lr`` (0.05): learning rate, > 0 (times each node's ``lr_scale`` from the train policy).
+    - ``optimizer`` ("sgd"): ``"sgd"``, ``"adam"`` or ``"rmsprop"``.
+    - ``momentum`` (0.9): momentum of SGD and RMSprop, >= 0.
+    - ``weight_decay`` (0.0): L2 weight decay of the optimizer, >= 0.
+    - ``schedule`` ("none"): learning-rate schedule: ``"none"``, ``"cosine"``, ``"step"`` or ``"plateau"``.
+    - ``step_size`` (10): epochs between the x0.1 steps of the ``"step"`` schedule, > 0.
+    - ``lr_factor`` (3.0): the ``"plateau"`` schedule divides the learning rate by it, > 0.
+    - ``lr_patience`` (5): epochs without validation improvement before a ``"plateau"`` step, >= 1.
+    - ``min_lr`` (0.0001): the ``"plateau"`` schedule stops training below it, >= 0.
+    - ``patience`` (None): early stopping after that many epochs without validation improvement
+      (keeps the best weights); None: off.
+    - ``clip_grad`` (None): clip the total gradient norm at it, > 0; None: off.
+    - ``device`` ("cpu"): ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    - ``amp`` (True): bf16 autocast on CUDA (ignored on CPU).
+    - ``progress`` (False): a tqdm bar of batches when no `TrainProgress` observer is installed.
+    - ``eval_batch_size`` (1024): batch size of evaluation passes, > 0.
+    - ``seed`` (0): seeds the shuffling of batches (with the task index); the runner sets it
+      from the run's seed.
+    - ``allow_nonfinite`` (False): go on when the loss is NaN or infinite; False stops training
+      with a `NonFiniteLoss` naming task, epoch and batch.
+    - ``threads`` (None): torch's intra-op CPU threads while training (`torch_threads`); None
+      leaves the process's setting (torch's default is one thread per core). ``jointnet run``
+      defaults to 1: on a 2-core machine shared with other work a run took about half the time
+      with 1 thread as with 2 (README, "Threads"). The same seed gives the same numbers only with
+      the same count.
+    """
 
     epochs: int = attrs.field(default=5, validator=attrs.validators.ge(0))
     batch_size: int = attrs.field(default=64, validator=attrs.validators.gt(0))
@@ -61,6 +101,83 @@ class TrainConfig:
     eval_batch_size: int = 1024
     seed: int = 0
     allow_nonfinite: bool = False  # go on when the loss is NaN or infinite (default: stop with an error)
+    threads: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.and_(
+        attrs.validators.instance_of(int), attrs.validators.ge(1))))  # None: the process's setting
+
+
+class TrainProgress:
+    """What a progress display sees of training; every method is optional (defaults do nothing).
+
+    `train_task` calls `begin` once per call (before the first batch), `batch` after every
+    optimizer step, `epoch` after every epoch (with the history entry: loss, train_acc, val_acc,
+    lr) and `end` when the call returns or fails.
+    """
+
+    def begin(self, task: str, epochs: int, n_batches: int) -> None:
+        """A training call of `task` starts: at most ``epochs * n_batches`` batches follow."""
+
+    def batch(self) -> None:
+        """One optimizer step is done."""
+
+    def epoch(self, task: str, epoch: int, epochs: int, entry: dict) -> None:
+        """Epoch `epoch` (1-based) of `epochs` is done; `entry` is its history record."""
+
+    def end(self) -> None:
+        """The training call is over (finished, stopped early, or failed)."""
+
+
+_OBSERVER: contextvars.ContextVar[TrainProgress | None] = contextvars.ContextVar("jointnet_train_progress",
+                                                                                  default=None)
+
+
+@contextlib.contextmanager
+def observe(progress: TrainProgress | None) -> Iterator[None]:
+    """Report every `train_task` call made inside the block (however deep in a strategy) to
+    `progress`, unless a call passes its own ``progress=``; None installs no observer."""
+    token = _OBSERVER.set(progress)
+    try:
+        yield
+    finally:
+        _OBSERVER.reset(token)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)`` and restore the previous count after;
+    None changes nothing."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class _Bar(TrainProgress):
+    """A tqdm bar of one training call's batches (``config.progress`` without an observer)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def begin(self, task: str, epochs: int, n_batches: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=epochs * n_batches, desc=f"task {task}", unit="batch", leave=False,
+                        file=sys.stderr, dynamic_ncols=True)
+
+    def batch(self) -> None:
+        self.bar.update(1)
+
+    def epoch(self, task: str, epoch: int, epochs: int, entry: dict) -> None:
+        self.bar.set_postfix(epoch=f"{epoch}/{epochs}", loss=f"{entry['loss']:.3f}",
+                             acc=f"{entry['train_acc']:.3f}", val=f"{entry.get('val_acc', float('nan')):.3f}")
+
+    def end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class Hooks:
@@ -154,16 +271,31 @@ def train_task(
     *,
     task_index: int = 0,
     echo: Callable[[str], Any] | None = None,
+    progress: TrainProgress | None = None,
 ) -> TrainResult:
     """Train `task` of `net` on `train` = (x, y) under its train policy; returns the history.
 
     The policy gives the optimizer groups, the gradient rules and which tensors carry no gradient
-    (`jointnet.execution.optim.train_plan`); `hooks` add what the method needs on top.
+    (`jointnet.execution.optim.train_plan`); `hooks` add what the method needs on top. `echo`
+    gets one line per epoch; `progress` sees every batch (default: the observer installed by
+    `observe`, else a tqdm bar when ``config.progress``). ``config.threads`` sets torch's CPU
+    threads for the call (restored after).
 
     Raises:
-        JointNetError: unknown task, every tensor of the task frozen while epochs > 0, or a loss
-            that is not finite (unless ``config.allow_nonfinite``), naming task, epoch and batch.
+        JointNetError: unknown task, or every tensor of the task frozen while epochs > 0.
+        NonFiniteLoss: a loss that is not finite (unless ``config.allow_nonfinite``), naming
+            task, epoch and batch.
     """
+    if progress is None:
+        progress = _OBSERVER.get()
+    if progress is None and config.progress:
+        progress = _Bar()
+    with torch_threads(config.threads):
+        return _train(net, store, task, train, val, config, hooks, task_index, echo, progress or TrainProgress())
+
+
+def _train(net, store, task, train, val, config: TrainConfig, hooks: Hooks | None, task_index: int,
+           echo, progress: TrainProgress) -> TrainResult:
     hooks = hooks or Hooks()
     device = config.device
     module = compile_net(net, store, task)
@@ -183,12 +315,10 @@ def train_task(
     train_ctx = task_context(net, task, training=True)
     best_val, best_state, bad_epochs, plateau_bad = -1.0, None, 0, 0
     lr_mult = 1.0
-    bar = None
-    if config.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.epochs, desc=f"task {task}", unit="epoch", leave=False, file=sys.stderr)
-    with tp.training():
+    progress.begin(task, config.epochs, len(range(0, len(x), config.batch_size)))
+    with contextlib.ExitStack() as stack:
+        stack.callback(progress.end)
+        stack.enter_context(tp.training())
         for epoch in range(config.epochs):
             if config.schedule == "cosine":
                 lr_mult = 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
@@ -211,9 +341,11 @@ def train_task(
                     if extra is not None:
                         loss = loss + extra
                 if not config.allow_nonfinite and not bool(torch.isfinite(loss.detach())):
-                    raise JointNetError(
+                    raise NonFiniteLoss(
                         f"task {task!r}: the loss is {float(loss.detach()):.4g} at epoch {epoch + 1}, batch {b + 1}; "
-                        "lower the learning rate (or a strategy's loss weight), or set allow_nonfinite")
+                        "lower the learning rate (or a strategy's loss weight), or set allow_nonfinite "
+                        "(-T allow_nonfinite=true) to go on",
+                        task=task, epoch=epoch + 1, batch=b + 1)
                 loss.backward()
                 tp.before_step()
                 hooks.transform_grads(module, info)
@@ -225,6 +357,7 @@ def train_task(
                 total_loss += float(loss.detach()) * len(idx)
                 correct += int((logits.detach().argmax(1) == yb).sum())
                 seen += len(idx)
+                progress.batch()
             entry = {"epoch": epoch, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
                      "lr": opt.param_groups[-1]["lr"]}
             if val is not None and len(val[0]):
@@ -232,10 +365,7 @@ def train_task(
                                             hooks.context({"training": False, "task": task}))
             result.history.append(entry)
             result.epochs_run = epoch + 1
-            if bar is not None:
-                bar.set_postfix(loss=f"{entry['loss']:.3f}", acc=f"{entry['train_acc']:.3f}",
-                                val=f"{entry.get('val_acc', float('nan')):.3f}")
-                bar.update(1)
+            progress.epoch(task, epoch + 1, config.epochs, entry)
             if echo is not None:
                 echo(f"task {task} epoch {epoch + 1}/{config.epochs} loss {entry['loss']:.4f} "
                      f"acc {entry['train_acc']:.4f} val {entry.get('val_acc', float('nan')):.4f}")
@@ -257,8 +387,6 @@ def train_task(
                         break
                 if config.patience is not None and bad_epochs >= config.patience:
                     break
-    if bar is not None:
-        bar.close()
     if best_state is not None:
         _restore(params, best_state)
     result.best_val = best_val if best_val >= 0 else None
