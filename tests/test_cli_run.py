@@ -17,7 +17,7 @@ import torch
 
 from jointnet.cli import main
 from jointnet.errors import JointNetError
-from jointnet.experiments import runner, stats
+from jointnet.experiments import rundir, runner, stats, sweep
 from jointnet.experiments import strategy as strategy_mod
 from jointnet.experiments.options import describe
 from jointnet.experiments.streams import STREAMS
@@ -227,7 +227,7 @@ def test_resume_accepts_options_equal_to_the_recorded_ones(capsys, finished):
 
 def test_run_json_records_the_effective_configuration(finished):
     rec = json.loads((finished / "run.json").read_text())
-    assert rec["format"] == runner.RUN_FORMAT
+    assert rec["format"] == rundir.RUN_FORMAT
     eff = rec["effective"]
     assert eff["strategy_options"]["lam"] == 100.0 and eff["strategy_options"]["mode"] == "sum"
     assert eff["stream_options"]["noise"] == 0.3 and eff["stream_options"]["n_tasks"] == 2
@@ -374,7 +374,7 @@ def test_resuming_a_sweep_runs_only_unfinished_seeds(capsys, tmp_path):
     out = tmp_path / "sweep"
     spec = runner.RunSpec("finetune", "synthetic", stream_options={"n_tasks": 2, "n_train_per_class": 8,
                           "n_val_per_class": 2, "n_test_per_class": 4, "input_shape": [16]}, config={"epochs": 1})
-    runner.start_sweep(spec, [3, 5], out)
+    sweep.start_sweep(spec, [3, 5], out)
     assert sorted(p.name for p in (out / "seed3").iterdir()) == ["run.json", "snapshots"]
     runner.resume(out / "seed3", echo=lambda m: None)
     done_before = (out / "seed3" / "results.json").stat().st_mtime_ns
@@ -403,7 +403,7 @@ def test_aggregate_on_hand_made_results(tmp_path):
     CI 0.82 -+ t(0.975, 2) * 0.02 / sqrt(3) = [0.7703, 0.8697]."""
     out = tmp_path / "sweep"
     spec = runner.RunSpec("finetune", "synthetic", stream_options={"n_tasks": 2, "input_shape": [4]})
-    runner.start_sweep(spec, [0, 1, 2], out)
+    sweep.start_sweep(spec, [0, 1, 2], out)
     aps, fs = [0.80, 0.82, 0.84], [0.10, 0.20, 0.30]
     for s, (ap, f) in enumerate(zip(aps, fs)):
         res = {"format": 1, "strategy": "finetune", "stream": "synthetic", "seed": s, "tasks": ["t1", "t2"],
@@ -413,7 +413,7 @@ def test_aggregate_on_hand_made_results(tmp_path):
                "wall_time": [1.0, float(s)], "epochs": [1, 1],
                "snapshots": ["snapshots/task_00_t1.jn", "snapshots/task_01_t2.jn"]}
         (out / f"seed{s}" / "results.json").write_text(json.dumps(res))
-    agg = runner.aggregate(out)
+    agg = sweep.aggregate(out)
     m = agg["metrics"]
     assert m["AP"]["mean"] == pytest.approx(0.82) and m["AP"]["sd"] == pytest.approx(0.02)
     assert m["AP"]["ci95"] == pytest.approx([0.82 - 4.302652730 * 0.02 / math.sqrt(3),
@@ -423,16 +423,16 @@ def test_aggregate_on_hand_made_results(tmp_path):
     assert m["params"]["values"] == [100.0, 110.0, 120.0] and m["params"]["mean"] == pytest.approx(110.0)
     assert m["wall_time_s"]["values"] == [1.0, 2.0, 3.0]
     assert "FWT" not in m
-    runner.write_aggregate(out, agg)
-    text = runner.format_aggregate(agg)
+    sweep.write_aggregate(out, agg)
+    text = sweep.format_aggregate(agg)
     assert "0.8200 ± 0.0200" in text and "[0.7703, 0.8697]" in text
 
 
 def test_aggregate_refuses_unfinished_seeds(tmp_path):
     out = tmp_path / "sweep"
-    runner.start_sweep(runner.RunSpec("finetune", "synthetic", stream_options={"n_tasks": 2}), [0, 1], out)
+    sweep.start_sweep(runner.RunSpec("finetune", "synthetic", stream_options={"n_tasks": 2}), [0, 1], out)
     with pytest.raises(JointNetError, match="seed 0 has not finished a task yet"):
-        runner.aggregate(out)
+        sweep.aggregate(out)
 
 
 def test_a_forged_sweep_json_is_one_clear_error(capsys, tmp_path):

@@ -122,7 +122,8 @@ V1_KEYS = ("strategy", "stream", "seed", "strategy_options", "stream_options", "
 def test_a_format_1_run_directory_still_resumes(tmp_path):
     """run.json as jointnet wrote it before format 2 (the options as given, the data folder among
     the stream options): resume reads it, runs it, and conflicts are found against it."""
-    from jointnet.experiments.runner import conflicts, read_record
+    from jointnet.experiments.rundir import read_record
+    from jointnet.experiments.runner import conflicts
 
     reference = run(_spec(epochs=1), tmp_path / "ref", echo=_quiet)
     out = tmp_path / "old"
@@ -172,7 +173,8 @@ def test_a_damaged_format_2_run_json_is_one_clear_error_and_nothing_is_written(t
 def test_resume_keeps_recorded_options_whose_default_moved(tmp_path):
     """A run made when ewc's lam defaulted to 50 (and synthetic's noise to 0.5) resumes with
     them, and says so; options given explicitly stay as given."""
-    from jointnet.experiments.runner import prepare, read_record
+    from jointnet.experiments.rundir import read_record
+    from jointnet.experiments.runner import prepare
 
     out, rec = _record(tmp_path)
     rec["effective"]["strategy_options"]["lam"] = 50.0

@@ -107,7 +107,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     _int_flag("--jobs", args.jobs, 1)
     if args.seeds is not None:
-        from jointnet.experiments.runner import _check_seeds
+        from jointnet.experiments.sweep import check_seeds as _check_seeds
 
         if args.seed is not None:
             raise JointNetError("give --seed N (one run) or --seeds N [N ...] (a sweep), not both")
@@ -159,14 +159,14 @@ def _check_given(rec: dict, given: dict) -> None:
 
 
 def _resume(args: argparse.Namespace, given: dict, origin: dict) -> int:
-    from jointnet.experiments import runner
+    from jointnet.experiments import rundir, runner, sweep
 
     out = args.resume
     if args.out is not None and os.path.abspath(args.out) != os.path.abspath(out):
         raise JointNetError(f"--resume {out} continues the run in {out}; --out {args.out} does not apply")
     if not Path(out).is_dir():
         raise JointNetError(f"--resume {out}: no such directory")
-    seeds = runner.read_sweep(out)
+    seeds = sweep.read_sweep(out)
     check = {k: v for k, v in given.items() if k != "data_dir"}
     if seeds is not None:
         if args.seeds is not None and list(args.seeds) != seeds:
@@ -175,9 +175,9 @@ def _resume(args: argparse.Namespace, given: dict, origin: dict) -> int:
         if "seed" in check:
             raise JointNetError(f"{out} is a sweep over seeds {' '.join(map(str, seeds))}; --seed does not apply")
         for s in seeds:
-            d = runner.seed_dir(out, s)
+            d = sweep.seed_dir(out, s)
             if (d / "run.json").exists():
-                _check_given(runner.read_record(d / "run.json"), check)
+                _check_given(rundir.read_record(d / "run.json"), check)
                 found = runner.conflicts(d, check)
                 if found:
                     raise JointNetError(_conflict_line(str(d), found, origin))
@@ -192,7 +192,7 @@ def _resume(args: argparse.Namespace, given: dict, origin: dict) -> int:
         raise JointNetError(f"{out} holds one run, not a sweep; --seeds does not apply")
     if args.jobs is not None:
         raise JointNetError("--jobs runs the seeds of a sweep in parallel; a single run takes no --jobs")
-    _check_given(runner.read_record(Path(out) / "run.json"), check)
+    _check_given(rundir.read_record(Path(out) / "run.json"), check)
     found = runner.conflicts(out, check)
     if found:
         raise JointNetError(_conflict_line(out, found, origin))

@@ -1,11 +1,11 @@
 """``jointnet run ... --seeds 0 1 2 [--jobs N]``: one configuration over several seeds.
 
-Each seed is an ordinary run directory, ``OUT/seedN`` (`jointnet.experiments.runner.start_sweep`
+Each seed is an ordinary run directory, ``OUT/seedN`` (`jointnet.experiments.sweep.start_sweep`
 checks everything, then writes ``OUT/sweep.json`` and every seed's run.json before any training);
 seeds run one after another in this process (``--jobs 1``, progress bars as for one run) or in up
 to N processes at once, each ``jointnet run --resume OUT/seedN -q``. When every seed is done,
 ``OUT/aggregate.json`` and ``OUT/aggregate.csv`` hold mean, sd and 95% CI over the seeds
-(`runner.aggregate`), printed as a table. ``jointnet run --resume OUT`` continues the seeds that
+(`sweep.aggregate`), printed as a table. ``jointnet run --resume OUT`` continues the seeds that
 are not done and aggregates again.
 """
 
@@ -26,20 +26,20 @@ __all__ = ["run_sweep", "resume_sweep"]
 
 def run_sweep(spec, seeds: list[int], out: str, *, jobs: int = 1, quiet: bool = False) -> int:
     """Lay out the sweep (nothing is written when a check fails), run it, aggregate."""
-    from jointnet.experiments import runner
+    from jointnet.experiments import sweep
 
-    runner.start_sweep(spec, seeds, out)
+    sweep.start_sweep(spec, seeds, out)
     return _execute(Path(out), seeds, jobs=jobs, quiet=quiet)
 
 
 def resume_sweep(out: str, seeds: list[int], *, jobs: int = 1, quiet: bool = False,
                  data_dir: str | None = None) -> int:
     """Continue the seeds of the sweep in `out` that are not done, then aggregate."""
-    from jointnet.experiments import runner
+    from jointnet.experiments import sweep
 
-    missing = [s for s in seeds if not (runner.seed_dir(out, s) / "run.json").is_file()]
+    missing = [s for s in seeds if not (sweep.seed_dir(out, s) / "run.json").is_file()]
     if missing:
-        raise JointNetError(f"{runner.seed_dir(out, missing[0])} holds no run.json; the sweep in {out} is "
+        raise JointNetError(f"{sweep.seed_dir(out, missing[0])} holds no run.json; the sweep in {out} is "
                             "incomplete (was a seed's folder removed?)")
     return _execute(Path(out), seeds, jobs=jobs, quiet=quiet, data_dir=data_dir)
 
@@ -53,16 +53,16 @@ def _say(quiet: bool):
 
 
 def _execute(out: Path, seeds: list[int], *, jobs: int, quiet: bool, data_dir: str | None = None) -> int:
-    from jointnet.experiments import runner
+    from jointnet.experiments import rundir, runner, sweep
 
     say = _say(quiet)
-    todo = [s for s in seeds if not runner.is_complete(runner.seed_dir(out, s))]
+    todo = [s for s in seeds if not rundir.is_complete(sweep.seed_dir(out, s))]
     if len(todo) < len(seeds):
         say(f"{len(seeds) - len(todo)} of {len(seeds)} seeds already done")
     failed: dict[int, str] = {}
     if jobs <= 1 or len(todo) <= 1:
         for i, s in enumerate(todo):
-            d = runner.seed_dir(out, s)
+            d = sweep.seed_dir(out, s)
             say(f"== seed {s} ({i + 1} of {len(todo)}): {d}")
             try:
                 res = runner.resume(d, echo=say, progress=not quiet, data_dir=data_dir)
@@ -77,9 +77,9 @@ def _execute(out: Path, seeds: list[int], *, jobs: int, quiet: bool, data_dir: s
         first = next(iter(failed.items()))
         raise JointNetError(f"{len(failed)} of {len(seeds)} seeds failed (seed {first[0]}: {first[1]}); "
                             f"the others are kept: fix the cause and run `jointnet run --resume {out}`")
-    agg = runner.aggregate(out)
-    runner.write_aggregate(out, agg)
-    print(runner.format_aggregate(agg))
+    agg = sweep.aggregate(out)
+    sweep.write_aggregate(out, agg)
+    print(sweep.format_aggregate(agg))
     print(f"aggregate: {out / 'aggregate.json'}, {out / 'aggregate.csv'}")
     return 0
 
@@ -97,7 +97,7 @@ def _child_env() -> dict[str, str]:
 def _parallel(out: Path, todo: list[int], jobs: int, say, data_dir: str | None) -> dict[int, str]:
     """Run the seeds in `todo`, at most `jobs` processes at once; returns the failures (seed ->
     the child's last line). Ctrl-C stops every child (each leaves a resumable run)."""
-    from jointnet.experiments import runner
+    from jointnet.experiments import sweep
 
     env = _child_env()
     waiting = list(todo)
@@ -107,12 +107,12 @@ def _parallel(out: Path, todo: list[int], jobs: int, say, data_dir: str | None) 
         while waiting or running:
             while waiting and len(running) < jobs:
                 s = waiting.pop(0)
-                cmd = [sys.executable, "-m", "jointnet.cli", "run", "--resume", str(runner.seed_dir(out, s)), "-q"]
+                cmd = [sys.executable, "-m", "jointnet.cli", "run", "--resume", str(sweep.seed_dir(out, s)), "-q"]
                 if data_dir is not None:
                     cmd += ["--data-dir", data_dir]
                 err = tempfile.TemporaryFile()
                 running[s] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env), err)
-                say(f"seed {s}: started ({runner.seed_dir(out, s)})")
+                say(f"seed {s}: started ({sweep.seed_dir(out, s)})")
             for s, (proc, err) in list(running.items()):
                 if proc.poll() is None:
                     continue

@@ -104,7 +104,7 @@ def load_run(path: str | os.PathLike) -> RunData:
     Raises:
         JointNetError: one line naming the run and what is wrong with it.
     """
-    from jointnet.experiments import runner
+    from jointnet.experiments import rundir
     from jointnet.persistence import snapshot
 
     run = Path(path)
@@ -115,7 +115,7 @@ def load_run(path: str | os.PathLike) -> RunData:
     # run.json and results.json: the runner's validators, after a bounded read of our own (the
     # runner reads whole files; a hostile one could be huge or not a file at all)
     _read_json_bounded(run / "run.json", run)
-    spec = runner._read_spec(run / "run.json")
+    spec = rundir.read_spec(run / "run.json")
     raw = _read_json_bounded(run / "results.json", run)
     tasks = raw.get("tasks") if isinstance(raw, dict) else None
     if not isinstance(tasks, list) or not tasks or len(tasks) > MAX_TASKS:
@@ -125,7 +125,7 @@ def load_run(path: str | os.PathLike) -> RunData:
             raise _bad(run, f"results.json names a task {t!r:.40} that is not a valid task name")
     if len(set(tasks)) != len(tasks):
         raise _bad(run, "results.json lists a task twice")
-    results = runner._read_results(run / "results.json", spec, tasks)
+    results = rundir.read_results(run / "results.json", spec, tasks)
     done = results["done"]
     if done == 0:
         raise _bad(run, "no task has finished yet (results.json says done = 0)")
