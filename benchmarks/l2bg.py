@@ -1,196 +1,314 @@
-"""L2BG on split-fmnist, permuted-fmnist and ctrl-minus: grow coefficients against independent
-nets, fine-tuning and random growth, over several seeds; then the Pareto front of a small
-grow-sequence search (Optuna NSGA-II, two worker processes sharing a journal file).
+"""L2BG under the shared benchmark protocol (`benchmarks/protocol.py`): paired seeds, controls
+matched on parameters, the RSA noise floor, and streams whose right answer is known.
 
-    python benchmarks/l2bg.py --seeds 0 1 2 --n-train 1000 --epochs 2
+    python benchmarks/l2bg.py --backbone mlp --out /tmp/l2bg-bench          # the full MLP grid
+    python benchmarks/l2bg.py --backbone conv --out /tmp/l2bg-bench --arms core --seeds 0 1 2
 
-Every method uses the same template and training: the spec's MLP (L2BG spec §3/§7: 3 hidden
-layers of 256, ReLU) on flattened 28x28 inputs; Adam, lr 1e-3, batch 32 (spec §7's CPU
-reproduction; the paper states none). Rows:
+Every arm uses the same template and training on the same seeds (paired): Adam, lr 1e-3, batch
+32, 2 epochs per task (L2BG spec §7's CPU reproduction; the paper states none), L2BG's RSA on
+*every* validation input of the new task (>= 200 per task, `protocol.MIN_VAL`).
 
-- ``l2bg d=X``: L2BG with grow coefficient X for every task (RSA binding, copy init, 0.1x lr on
-  shared nodes). On permuted-fmnist with one softmax shared by all tasks (``head="shared"``, the
-  paper's PMNIST setting, spec §1); per-task heads elsewhere;
-- ``independent``: one fresh net per task; ``finetune``: one trunk, a head per task;
-- ``random``: `l2bg-random` (random bind target, random number of slots, random slots);
-  ``random (matched)``: random bind target and random slots, but as many slots per task as
-  ``l2bg d=0.55`` grew in the same seed (about equal parameters: the paper's ablation claim).
+Backbones (``--backbone``):
 
-Columns: AP and BWT from the test accuracy matrix (`jointnet.experiments.metrics`); **gain (error-relative)**:
-the multi-task gain on *test* errors against the ``independent`` run of the same seed, ``(100/T)
-sum_t (E_ind,t - E_t) / max(E_ind,t, 1/n_test,t)`` (percent, positive = better than independent
-nets; the spec's §2.7 definition with its sign fixed, on test data so every row is comparable;
-it explodes when an independent net is nearly perfect on an easy two-class task); **gain
-(accuracy-relative)**: ``(100/T) sum_t (A_t - A_ind,t) / A_ind,t`` (Maninis et al.'s form,
-bounded); **params**: distinct parameters of the
-final JointNet (heads included); **time**: wall time of the whole stream (L2BG's includes
-training every independent net ``G_t^⊥``). Mean ± sample sd over seeds.
+- ``mlp``: the spec's MLP, flatten + 3 x (Linear 256, ReLU) (spec §3/§7); slots fc1 (200,960
+  parameters), fc2 and fc3 (65,792 each): unequal, so equal slot counts are not equal sizes.
+- ``conv``: a small conv net whose four slots have comparable sizes: conv 11x11 1->16 (1,952),
+  conv 3x3 16->16 (2,320), conv 3x3 16->16 (2,320), each with ReLU and 2x2 max-pool, then
+  flatten and Linear 144->16 (2,320), ReLU.
 
-The search runs on seed 0 with the same data and training: per task (after the first) a bind
-target among the earlier tasks and a delta on the grid {0, 0.05, ..., 1}; objectives (gain on
-validation against the independent nets L2BG trains, ``--search-gain`` error (the spec's,
-default) or accuracy; parameters); NSGA-II population ``max(4, min(50, n_trials // 4))``.
+Streams (5 tasks, or 6 for CTrL): ``split-fmnist`` and ``permuted-fmnist`` (1,000 training,
+250 validation, 1,000 test images per task; permuted uses one softmax shared by all tasks for
+L2BG, the paper's PMNIST setting, spec §1), and three CTrL streams with known answers for their
+last task t6 (t1 large: 800 training images; t2-t5 small distractors: 100; 200 validation and
+1,000 test images per task): ``ctrl-minus`` (t6 = t1 with less data: bind t1, grow ~nothing),
+``ctrl-out`` (t6 = t1 with permuted labels: bind t1, grow the top), ``ctrl-in`` (t6 = t1 with
+inverted inputs, 10 training images: bind t1, grow the bottom).
+
+Arms (``guided`` = L2BG at delta 0.55, RSA binding, copy init, shared layers at 0.1x: the
+control every other arm is compared with, seed by seed):
+
+- ``independent``, ``finetune``: one net per task; one trunk with a head per task;
+- ``random (params matched)``: random bind targets and slots, the whole stream's plan drawn by
+  rejection sampling until its grown parameters equal the guided run's of the same seed within
+  2% (`strategies.l2bg.random_plan`);
+- ``top-k (depth prior)`` / ``bottom-k``: RSA's bind target and nucleus size k, but the k
+  deepest / shallowest slots (``grow_order``); ``reverse-RSA``: the k least conflicting;
+- ``shuffled conflicts``: the guided run's bind targets, the nucleus computed on the conflict
+  profile the guided run measured for *another* task (a seeded cyclic shift of t2..tT);
+- ``depth-corrected``: conflicts minus an untrained net's RSA per slot (``depth_correction``);
+- ``guided 1.0x`` / ``guided frozen``: shared layers at the full rate / frozen;
+  ``guided + LwF heads``: earlier tasks' outputs distilled while shared layers move;
+- ``d=0 0.1x`` / ``d=0 1.0x`` / ``d=0 frozen`` / ``d=0 0.1x + LwF heads``: full sharing (the
+  spec's §7 check "BWT with 0.1x at least as good as with 1.0x" and the old-head drift).
+
+``--arms core`` runs independent, finetune, guided, random (params matched), top-k, bottom-k,
+reverse-RSA, shuffled conflicts and depth-corrected only; ``--arms depth`` only independent,
+finetune, guided, random (params matched), top-k and bottom-k.
+
+Columns: AP and BWT from the test accuracy matrix; params: distinct parameters of the final
+net; with ``--gain``, the multi-task gain against the ``independent`` arm of the same seed on
+test accuracies, accuracy-relative ``(100/T) sum_t (A_t - A_ind,t) / A_ind,t`` (bounded; the
+spec's error-relative form explodes when an independent net is nearly perfect). Each paired
+column gives the mean difference against ``guided`` and its 95% CI over the seeds.
+
+The RSA noise floor (per slot, over every task after the first and every seed, on all validation
+inputs): RSA between two independent nets of the same task trained from different seeds, and
+between an untrained net and an independent net, beside the conflicts the guided run measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+import attrs
 import torch
 
-from jointnet.experiments.streams import get_stream
-from jointnet.experiments.trainer import TrainConfig
-from strategies.l2bg import accuracy_gain, grow_sequence, multitask_gain
-from strategies.l2bg_search import SearchSpec, format_pareto, pareto, run_stream, search
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-STREAMS = ("split-fmnist", "permuted-fmnist", "ctrl-minus")
-DELTAS = (0.0, 0.25, 0.55, 0.8, 1.0)
+from benchmarks.protocol import Arm, Metric, Run, run_grid, table  # noqa: E402
+from jointnet.experiments.stats import summary  # noqa: E402
+from jointnet.experiments.streams import get_stream  # noqa: E402
+from jointnet.experiments.strategy import TaskRun  # noqa: E402
+from jointnet.experiments.trainer import TrainConfig  # noqa: E402
+from strategies.l2bg import (  # noqa: E402
+    PROV, accuracy_gain, independent_net, slot_conflicts, slot_outputs, task_slots,
+)
+from strategies.l2bg_decide import seed_of  # noqa: E402
+from jointnet.experiments.strategy import scratch_net  # noqa: E402
 
 
-def backbone(hidden: list[int]) -> list:
+STREAMS = ("ctrl-minus", "ctrl-out", "ctrl-in", "split-fmnist", "permuted-fmnist")
+CONTROL = "guided"
+CONFIG = {"epochs": 2, "batch_size": 32, "lr": 1e-3, "optimizer": "adam"}
+
+
+def mlp() -> list:
     layers: list = [{"kind": "input", "shape": [1, 28, 28]}, {"kind": "flatten"}]
-    for h in hidden:
-        layers += [{"kind": "linear", "out_f": h}, {"kind": "relu"}]
+    for _ in range(3):
+        layers += [{"kind": "linear", "out_f": 256}, {"kind": "relu"}]
     return layers
 
 
-def stream_options(name: str, args) -> dict:
-    if name == "ctrl-minus":
-        if args.quick:
-            return {"large": [100, 50], "small": [20, 10], "n_test_per_class": args.n_test // 2}
-        return {"n_test_per_class": args.n_test // 2}
-    opts = {"n_tasks": 5, "n_test_per_task": args.n_test}
-    if args.n_train:
-        opts["n_train_per_task"] = args.n_train
-    return opts
+def conv() -> list:
+    return [
+        {"kind": "input", "shape": [1, 28, 28]},
+        {"kind": "conv", "out_ch": 16, "kernel": 11, "padding": 5}, {"kind": "relu"}, {"kind": "maxpool", "kernel": 2},
+        {"kind": "conv", "out_ch": 16, "kernel": 3, "padding": 1}, {"kind": "relu"}, {"kind": "maxpool", "kernel": 2},
+        {"kind": "conv", "out_ch": 16, "kernel": 3, "padding": 1}, {"kind": "relu"}, {"kind": "maxpool", "kernel": 2},
+        {"kind": "flatten"}, {"kind": "linear", "out_f": 16}, {"kind": "relu"},
+    ]
 
 
-def train_fields(args) -> dict:
-    return {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": "adam"}
+BACKBONES = {"mlp": mlp, "conv": conv}
 
 
-def test_gain(matrix: list, ref: list, n_test: list[int]) -> float:
-    """The spec's gain on test errors against the independent nets (errors floored at 1/n_test)."""
-    return multitask_gain([1 - a for a in matrix[-1]], [1 - b for b in ref[-1]], [1 / n for n in n_test])
+def stream_options(name: str) -> dict:
+    if name.startswith("ctrl"):
+        return {"large": [400, 100], "small": [50, 100], "tiny": [5, 100], "n_test_per_class": 500}
+    return {"n_tasks": 5, "n_train_per_task": 1250, "n_test_per_task": 1000, "val_fraction": 0.2}
 
 
-def _fmt(values: list[float], spec: str, sd: str | None = None) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    s = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:{spec}} ± {s:{sd or spec}}"
+# ---- what arms read from earlier arms ------------------------------------------------------------
 
 
-def bench_stream(name: str, args, layers: list) -> tuple[list[str], dict]:
-    config = TrainConfig(**train_fields(args))
-    l2bg_opts = {"backbone": layers, "rsa_samples": args.rsa_samples}
-    if name == "permuted-fmnist":
-        l2bg_opts["head"] = "shared"
-    rows: dict[str, list] = {}
-    extra = {"ctrl_t6_binds_t1": []}
-    for seed in args.seeds:
-        stream = get_stream(name, seed=seed, **stream_options(name, args))
-        n_test = [len(t.y_test) for t in stream.tasks]
-        runs = {}
-        runs["independent"] = run_stream("independent", stream, config, seed=seed, options={"backbone": layers})
-        runs["finetune"] = run_stream("finetune", stream, config, seed=seed, options={"backbone": layers})
-        for d in DELTAS:
-            runs[f"l2bg d={d:g}"] = run_stream("l2bg", stream, config, seed=seed, options={**l2bg_opts, "delta": d})
-        runs["random"] = run_stream("l2bg-random", stream, config, seed=seed, options=dict(l2bg_opts))
-        matched = [len(e["grow"]) for e in grow_sequence(runs["l2bg d=0.55"].net)[1:]]
-        runs["random (matched to d=0.55)"] = run_stream("l2bg-random", stream, config, seed=seed,
-                                                        options={**l2bg_opts, "n_grow": matched})
-        if name == "ctrl-minus":
-            last = grow_sequence(runs["l2bg d=0.55"].net)[-1]
-            extra["ctrl_t6_binds_t1"].append(last["bind"] == "t1")
-        ref = runs["independent"].matrix
-        for k, r in runs.items():
-            rows.setdefault(k, []).append({
-                "AP": r.metrics["AP"], "BWT": r.metrics["BWT"], "gain": test_gain(r.matrix, ref, n_test),
-                "gain_acc": accuracy_gain(r.matrix[-1], ref[-1]),
-                "gain_val": r.gain if k.startswith("l2bg") else None, "params": r.params,
-                "time": sum(r.wall_time),
-                "grown": [len(e["grow"]) for e in grow_sequence(r.net)[1:]] if grow_sequence(r.net) else None,
-            })
-        print(f"  {name} seed {seed} done", file=sys.stderr, flush=True)
-    lines = ["| method | AP | BWT | gain % (error-relative) | gain % (accuracy-relative) | params | time (s) |",
-             "|---|---|---|---|---|---|---|"]
-    for k, rs in rows.items():
-        lines.append(
-            f"| {k} | {_fmt([r['AP'] for r in rs], '.4f')} | {_fmt([r['BWT'] for r in rs], '+.4f', '.4f')} | "
-            f"{_fmt([r['gain'] for r in rs], '+.2f', '.2f')} | {_fmt([r['gain_acc'] for r in rs], '+.2f', '.2f')} | "
-            f"{_fmt([r['params'] for r in rs], '.0f')} | {_fmt([r['time'] for r in rs], '.1f')} |")
-    return lines, {"rows": rows, **extra}
+def grown(run: Run) -> int:
+    """Parameters of the nodes the run's L2BG grew (node annotation ``l2bg`` with a task)."""
+    nodes = run.annotations["nodes"]
+    return sum(run.node_params[n] for n, a in nodes.items() if isinstance(a.get(PROV), dict) and "task" in a[PROV])
+
+
+def matched(seed: int, runs: dict) -> dict:
+    return {"match_params": grown(runs[CONTROL])}
+
+
+def shuffled(seed: int, runs: dict) -> dict:
+    """The guided run's bind targets, each task's nucleus on another task's conflict profile."""
+    tasks = runs[CONTROL].annotations["tasks"]
+    names = [t for t in tasks if (tasks[t].get(PROV) or {}).get("bound_to")]
+    profiles = {t: {s["slot"]: s["conflict"] for s in tasks[t][PROV]["slots"]} for t in names}
+    shift = 1 + seed % max(1, len(names) - 1)  # a cyclic shift by 1..n-1 moves every task
+    seq = []
+    for i, t in enumerate(names):
+        other = names[(i + shift) % len(names)]
+        seq.append({"task": t, "bind": tasks[t][PROV]["bound_to"], "conflicts": profiles[other]})
+    return {"sequence": seq, "reference": False}
+
+
+DEPTH_ARMS = ("independent", "finetune", CONTROL, "random (params matched)", "top-k (depth prior)", "bottom-k")
+
+
+def arms(backbone: list, stream: str, which: str) -> list[Arm]:
+    base = {"backbone": backbone}
+    l2 = {**base, "rsa_samples": None, "delta": 0.55}
+    if stream == "permuted-fmnist":
+        l2["head"] = "shared"
+    out = [
+        Arm("independent", "independent", base),
+        Arm("finetune", "finetune", base),
+        Arm(CONTROL, "l2bg", l2),
+        Arm("random (params matched)", "l2bg-random", {k: v for k, v in l2.items() if k != "delta"}, derive=matched),
+        Arm("top-k (depth prior)", "l2bg", {**l2, "grow_order": "top"}),
+        Arm("bottom-k", "l2bg", {**l2, "grow_order": "bottom"}),
+        Arm("reverse-RSA", "l2bg", {**l2, "grow_order": "reverse"}),
+        Arm("shuffled conflicts", "l2bg", l2, derive=shuffled),
+        Arm("depth-corrected", "l2bg", {**l2, "depth_correction": "subtract"}),
+    ]
+    if which == "depth":
+        return [a for a in out if a.label in DEPTH_ARMS]
+    if which == "all":
+        out += [
+            Arm("guided 1.0x", "l2bg", {**l2, "shared_lr_scale": 1.0}),
+            Arm("guided frozen", "l2bg", {**l2, "shared_lr_scale": 0.0}),
+            Arm("guided + LwF heads", "l2bg", {**l2, "old_heads": "lwf"}),
+            Arm("d=0 0.1x", "l2bg", {**l2, "delta": 0.0}),
+            Arm("d=0 1.0x", "l2bg", {**l2, "delta": 0.0, "shared_lr_scale": 1.0}),
+            Arm("d=0 frozen", "l2bg", {**l2, "delta": 0.0, "shared_lr_scale": 0.0}),
+            Arm("d=0 0.1x + LwF heads", "l2bg", {**l2, "delta": 0.0, "old_heads": "lwf"}),
+        ]
+    return out
+
+
+def gain_metric() -> Metric:
+    def value(run: Run, runs: dict) -> float | None:
+        ref = runs.get("independent")
+        if ref is None:
+            return None
+        return accuracy_gain(run.matrix[-1], ref.matrix[-1])
+    return Metric("gain % (acc.)", value, "+.2f")
+
+
+# ---- the RSA noise floor --------------------------------------------------------------------------
+
+
+def noise_floor(name: str, layers: list, seeds: list[int], out: Path) -> dict:
+    """Per slot, over tasks t2.. and `seeds`: RSA of two independent nets of the same task (other
+    init seeds) and of an untrained net against an independent net, on every validation input;
+    cached in `out`."""
+    path = out / f"noise-{name}.json"
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    config = TrainConfig(**CONFIG)
+    for seed in seeds:
+        if str(seed) in cache:
+            continue
+        stream = get_stream(name, seed=seed, **stream_options(name))
+        rows = []
+        for i, task in enumerate(stream.tasks[1:], start=1):
+            nets = []
+            for tag in ("a", "b"):  # `independent_net` seeds its init by (run seed, index): vary the run seed
+                run = TaskRun(task, i, stream, None, attrs.evolve(config, seed=seed), seed_of(seed, "noise", tag),
+                              "noise-floor", None)
+                nets.append(independent_net(_IndependentOptions(layers), run))
+            rnd_net, rnd_store = scratch_net(layers, task, seed=seed_of(seed, "noise-random", i))
+            slots = task_slots(nets[0].net, task.name, bn_slots=True)
+            acts = [slot_outputs(n.net, n.store, task.name, task.x_val, slots) for n in nets]
+            acts_r = slot_outputs(rnd_net, rnd_store, task.name, task.x_val, slots)
+            rows.append({"task": task.name, "same_task": slot_conflicts(acts[0], acts[1]),
+                         "untrained": slot_conflicts(acts_r, acts[0])})
+        cache[str(seed)] = rows
+        path.write_text(json.dumps(cache, indent=1))
+    return {s: cache[str(s)] for s in seeds}
+
+
+@attrs.frozen
+class _IndependentOptions:
+    """The `BindGrowOptions` fields `independent_net` reads."""
+
+    backbone: list
+    independent_config: dict | None = None
+    cache_dir: str | None = None
+
+
+def noise_table(name: str, floor: dict, grid: dict) -> str:
+    same: dict[str, list] = {}
+    untrained: dict[str, list] = {}
+    for rows in floor.values():
+        for r in rows:
+            for s, v in r["same_task"].items():
+                same.setdefault(s, []).append(v)
+            for s, v in r["untrained"].items():
+                untrained.setdefault(s, []).append(v)
+    measured: dict[str, list] = {}
+    for (stream, label, _), run in grid.items():
+        if stream != name or label != CONTROL:
+            continue
+        for t, ann in run.annotations["tasks"].items():
+            for s in (ann.get(PROV) or {}).get("slots") or []:
+                measured.setdefault(s["slot"], []).append(s["conflict"])
+    lines = ["| slot | two independent nets, same task | untrained vs independent | guided: bound task vs independent |",
+             "|---|---|---|---|"]
+    for s in same:
+        def f(vals):
+            if not vals:
+                return "-"
+            sm = summary(vals)
+            return f"{sm.mean:.3f} ± {sm.sd:.3f} (n={sm.n})"
+        lines.append(f"| {s} | {f(same[s])} | {f(untrained.get(s, []))} | {f(measured.get(s, []))} |")
+    return "\n".join(lines)
+
+
+def known_answers(name: str, grid: dict, labels: list[str]) -> str:
+    """The last task's bind target and grown slots (ctrl streams: t6 repeats t1)."""
+    lines = ["| arm | t6 bound to t1 | slots grown for t6 (count over seeds) |", "|---|---|---|"]
+    for label in labels:
+        binds, slots, n = 0, {}, 0
+        for (stream, lab, _), run in sorted(grid.items()):
+            if stream != name or lab != label:
+                continue
+            prov = run.annotations["tasks"].get("t6", {}).get(PROV) or {}
+            n += 1
+            binds += prov.get("bound_to") == "t1"
+            for s in prov.get("grown") or []:
+                slots[s] = slots.get(s, 0) + 1
+            if not prov.get("grown"):
+                slots["(none)"] = slots.get("(none)", 0) + 1
+        if n:
+            lines.append(f"| {label} | {binds} of {n} | {', '.join(f'{k}: {v}' for k, v in slots.items())} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--n-train", type=int, default=1000, help="training images per task, split/permuted (0: all)")
-    p.add_argument("--n-test", type=int, default=1000, help="test images per task (ctrl: half per class)")
-    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256, 256])
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--rsa-samples", type=int, default=200)
-    p.add_argument("--streams", nargs="+", default=list(STREAMS))
-    p.add_argument("--trials", type=int, default=8, help="search budget per stream (0: no search)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--search-gain", choices=("error", "accuracy"), default="error")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=None, help="directory for the search journals and raw results (default: temp)")
-    p.add_argument("--quick", action="store_true", help="one seed, 1 epoch, 300 images per task, 4 trials")
+    p.add_argument("--backbone", choices=sorted(BACKBONES), default="mlp")
+    p.add_argument("--streams", nargs="+", default=list(STREAMS), choices=STREAMS)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--arms", choices=("all", "core", "depth"), default="all")
+    p.add_argument("--noise-seeds", type=int, nargs="*", default=None, help="seeds of the noise floor (default: --seeds)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--gain", action="store_true", help="add the accuracy-relative gain against independent nets")
+    p.add_argument("--out", required=True, help="directory of the run cells (reused when the spec matches)")
     args = p.parse_args(argv)
-    if args.quick:
-        args.seeds, args.epochs, args.n_train, args.n_test, args.trials = [0], 1, 300, 300, 4
     torch.set_num_threads(args.threads)
-    out = Path(args.out or tempfile.mkdtemp(prefix="l2bg-bench-"))
-    out.mkdir(parents=True, exist_ok=True)
-    layers = backbone(args.hidden)
+    out = Path(args.out) / args.backbone
+    layers = BACKBONES[args.backbone]()
     print("command: python benchmarks/l2bg.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.epochs} epochs, {args.n_train or 'all'} "
-          f"training / {args.n_test} test images per task (ctrl-minus: its own sizes), seeds {args.seeds}, "
-          f"MLP {args.hidden}, Adam lr {args.lr:g}, batch {args.batch_size}, RSA on {args.rsa_samples} validation inputs\n")
-    raw = {}
+    print(f"torch {torch.__version__}, {args.threads} thread(s), backbone {args.backbone}, seeds {args.seeds}, "
+          f"arms {args.arms}, config {CONFIG}\n", flush=True)
     t0 = time.perf_counter()
     for name in args.streams:
-        lines, data = bench_stream(name, args, layers)
-        raw[name] = data
-        n = len(get_stream(name, seed=0, **stream_options(name, args)).tasks)
-        print(f"### {name} ({n} tasks), mean ± sd over {len(args.seeds)} seed(s)\n")
-        print("\n".join(lines))
-        if data["ctrl_t6_binds_t1"]:
-            k = sum(data["ctrl_t6_binds_t1"])
-            print(f"\nt6 (t1 again, less data) bound to t1 at d=0.55 in {k} of {len(data['ctrl_t6_binds_t1'])} seed(s)")
-        grown = {k: [r["grown"] for r in rs] for k, rs in data["rows"].items() if k.startswith(("l2bg d=0.55", "random"))}
-        print("\nslots grown per task (seed by seed): " + "; ".join(f"{k}: {v}" for k, v in grown.items()))
-        if args.trials:
-            opts = {"backbone": layers, "rsa_samples": args.rsa_samples}
-            if name == "permuted-fmnist":
-                opts["head"] = "shared"
-            spec = SearchSpec(journal=str(out / f"{name}.journal"), stream=name, stream_options=stream_options(name, args),
-                              seed=args.seeds[0], config=train_fields(args),
-                              options=opts, n_trials=args.trials, study_name=f"l2bg-{name}-{time.time_ns()}",
-                              gain=args.search_gain)
-            ts = time.perf_counter()
-            study = search(spec, args.workers, threads=1, echo=None)
-            front = pareto(study)
-            print(f"\nPareto front of {args.trials} search trials on seed {args.seeds[0]} ({args.workers} workers, "
-                  f"{time.perf_counter() - ts:.0f}s; {args.search_gain}-relative gain on validation vs "
-                  "independent nets):\n")
-            print(format_pareto(front))
-            raw[name]["pareto"] = front
+        arm_list = arms(layers, name, args.arms)
+        grid = run_grid(arm_list, {name: stream_options(name)}, out=out, seeds=args.seeds, config=CONFIG,
+                        echo=lambda m: print(m, file=sys.stderr, flush=True))
+        labels = [a.label for a in arm_list]
+        n = len(get_stream(name, seed=args.seeds[0], **stream_options(name)).tasks)
+        print(f"### {name} ({n} tasks), {args.backbone}, {len(args.seeds)} seeds\n")
+        metrics = ["AP", "BWT", "params"] + ([gain_metric()] if args.gain else [])
+        print(table(grid, name, control=CONTROL, metrics=metrics, labels=labels))
+        if "d=0 0.1x" in labels:
+            print(f"\nFull sharing (delta 0), against d=0 0.1x:\n")
+            print(table(grid, name, control="d=0 0.1x", metrics=["AP", "BWT"],
+                        labels=["finetune"] + [lb for lb in labels if lb.startswith("d=0")]))
+        if name.startswith("ctrl"):
+            print("\nKnown answer (t6 repeats t1):\n")
+            print(known_answers(name, grid, [lb for lb in labels if lb not in ("independent", "finetune")]))
+        floor = noise_floor(name, layers, args.noise_seeds if args.noise_seeds is not None else args.seeds, out)
+        print(f"\nRSA noise floor and measured conflicts, per slot (mean ± sd over tasks t2.. and seeds):\n")
+        print(noise_table(name, floor, grid))
         print(flush=True)
-    (out / "l2bg_results.json").write_text(json.dumps(raw, indent=1, default=str))
-    print(f"total {time.perf_counter() - t0:.0f}s; raw results in {out / 'l2bg_results.json'}")
+    print(f"total {time.perf_counter() - t0:.0f}s")
     return 0
 
 

@@ -11,10 +11,18 @@ graph and the same accuracies.
 = lower validation errors than the independent nets), minimise the number of distinct
 parameters of the final JointNet (`jointnet.persistence.views.param_counts` ``total``: every tensor once,
 heads included, BatchNorm statistics not). A trial samples, per task after the first, a bind
-target among the earlier tasks and a ``delta`` (spec §2.7 search variables; the task order stays
-fixed, as in the paper's runs), runs the stream with that sequence (short training) and returns
-(gain, params). Search-space options (`SearchSpec`):
+target among the earlier tasks and a ``delta`` (spec §2.7 search variables), and with
+``order="search"`` the task order too; it runs the stream with that sequence (short training)
+and returns (gain, params). Search-space options (`SearchSpec`):
 
+- ``order`` = ``"fixed"`` (the stream's order, as in the paper's runs) | ``"search"`` (spec
+  §2.7: "the position of t in the sequence (categorical / permutation)"): a permutation in
+  *random-key* form, one float ``order_T`` in [0, 1) per task, the tasks sorted by key (ties by
+  stream position; `sample_order`). Every permutation is reachable, the search space stays one
+  fixed set of parameters whatever the order, and NSGA-II / TPE mutate keys like any float. A
+  categorical over all |T|! permutations would not scale, and a categorical bind target whose
+  choices depend on the order cannot be one Optuna distribution, so with a searched order
+  ``bind_T`` is a float too: the target is earlier task ``floor(u * i)`` of the i before it;
 - ``bind`` = ``"search"`` (a categorical per task) | ``"rsa"`` (the RSA argmin, computed on the
   fly; the paper's low-budget mode);
 - ``delta_mode`` = ``"per_task"`` | ``"shared"`` (one delta for every task: the paper's
@@ -64,7 +72,8 @@ from jointnet.persistence.views import param_counts
 from strategies.l2bg import grow_sequence, net_gain
 
 __all__ = [
-    "StreamResult", "run_stream", "replay_sequence", "SearchSpec", "sample_sequence", "make_sampler",
+    "StreamResult", "run_stream", "replay_sequence", "reorder", "SearchSpec", "sample_order", "sample_sequence",
+    "make_sampler",
     "population_size", "open_study", "work", "search", "pareto", "format_pareto", "main",
 ]
 
@@ -115,17 +124,47 @@ def run_stream(
     return StreamResult(net, store, matrix, summarize(matrix), net_gain(net), param_counts(net)["total"], wall)
 
 
+def reorder(stream, order: Sequence[str]):
+    """`stream` with its tasks in `order` (a permutation of its task names); the same stream
+    object when the order is unchanged.
+
+    >>> from jointnet.experiments.streams import get_stream
+    >>> s = get_stream("synthetic", n_tasks=3, input_shape=(4,), n_train_per_class=2, n_val_per_class=1)
+    >>> reorder(s, ["t3", "t1", "t2"]).task_names
+    ('t3', 't1', 't2')
+    """
+    from jointnet.experiments.streams.core import Stream
+
+    names = [t.name for t in stream.tasks]
+    if sorted(order) != sorted(names) or len(set(order)) != len(order):
+        raise ValueError(f"order {list(order)} is not a permutation of the stream's tasks {names}")
+    if list(order) == names:
+        return stream
+    by_name = {t.name: t for t in stream.tasks}
+    return Stream(stream.name, [by_name[t] for t in order], stream.seed, stream.description, stream.options)
+
+
 def replay_sequence(
     sequence: Sequence[dict], stream, config: TrainConfig = TrainConfig(), *, seed: int = 0,
     options: dict | None = None, strategy: str = "l2bg", echo: Callable[[str], Any] | None = None,
+    order: Sequence[str] | None = None,
 ) -> StreamResult:
     """Rebuild a net from a grow sequence (e.g. `grow_sequence(net)`): run `stream` with the
     sequence fixed. With the options, config and seed of the original run, on CPU, the result
     has the same graph (``net.structure()``, even the same log) and the same accuracies.
 
     Entries with a ``task`` key apply to that task, others to the bind-grow steps in order;
-    ``bind``, ``delta`` and (optionally) ``grow`` override the strategy's choices.
+    ``bind``, ``delta`` and (optionally) ``grow`` override the strategy's choices. `order`: the
+    task order to run the stream in (`reorder`); None keeps the stream's, except that a sequence
+    whose ``task`` entries name every task (as `grow_sequence` records them) replays in its own
+    order.
     """
+    names = [t.name for t in stream.tasks]
+    recorded = [e.get("task") for e in sequence]
+    if order is None and sorted(t for t in recorded if t) == sorted(names) and None not in recorded:
+        order = recorded
+    if order is not None:
+        stream = reorder(stream, order)
     opts = {**(options or {}), "sequence": [dict(e) for e in sequence]}
     return run_stream(strategy, stream, config, seed=seed, options=opts, echo=echo)
 
@@ -151,9 +190,10 @@ class SearchSpec:
     study_name: str = "l2bg"
     sampler_seed: int = 0
     gain: str = "error"  # the gain objective: `net_gain` metric "error" (spec §2.7) or "accuracy"
+    order: str = "fixed"  # "fixed" (the stream's order) or "search" (random-key permutation)
 
     def __attrs_post_init__(self) -> None:
-        for name, allowed in (("sampler", ("nsga2", "tpe")), ("bind", ("search", "rsa")),
+        for name, allowed in (("sampler", ("nsga2", "tpe")), ("bind", ("search", "rsa")), ("order", ("fixed", "search")),
                               ("delta_mode", ("per_task", "shared")), ("gain", ("error", "accuracy"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed} (got {getattr(self, name)!r})")
@@ -168,8 +208,22 @@ class SearchSpec:
         return cls(**json.loads(text))
 
 
+def sample_order(trial, task_names: Sequence[str]) -> list[str]:
+    """A task order drawn from `trial` in random-key form: one float ``order_T`` in [0, 1) per
+    task, tasks sorted by key (ties: stream position).
+
+    >>> import optuna
+    >>> sample_order(optuna.trial.FixedTrial({"order_t1": 0.9, "order_t2": 0.1, "order_t3": 0.5}), ["t1", "t2", "t3"])
+    ['t2', 't3', 't1']
+    """
+    keys = {t: trial.suggest_float(f"order_{t}", 0.0, 1.0) for t in task_names}
+    return sorted(task_names, key=lambda t: (keys[t], list(task_names).index(t)))
+
+
 def sample_sequence(trial, task_names: Sequence[str], spec: SearchSpec) -> list[dict]:
-    """A grow sequence for `task_names` drawn from `trial` (one entry per bind-grow step)."""
+    """A grow sequence for `task_names` (in run order) drawn from `trial` (one entry per
+    bind-grow step). With ``spec.order == "search"`` the bind target is a float ``bind_T`` (see
+    the module docstring), else a categorical over the earlier tasks."""
 
     def delta(name: str) -> float:
         if spec.grid is None:
@@ -180,7 +234,10 @@ def sample_sequence(trial, task_names: Sequence[str], spec: SearchSpec) -> list[
     out = []
     for i, t in enumerate(task_names[1:], start=1):
         entry: dict[str, Any] = {"task": t}
-        if spec.bind == "search":
+        if spec.bind == "search" and spec.order == "search":
+            u = trial.suggest_float(f"bind_{t}", 0.0, 1.0)
+            entry["bind"] = task_names[min(int(u * i), i - 1)]
+        elif spec.bind == "search":
             entry["bind"] = trial.suggest_categorical(f"bind_{t}", list(task_names[:i]))
         entry["delta"] = shared if shared is not None else delta(f"delta_{t}")
         out.append(entry)
@@ -241,11 +298,13 @@ def work(spec: SearchSpec, n_trials: int, worker: int = 0, echo: Callable[[str],
     study = open_study(spec, sampler)
 
     def objective(trial):
-        seq = sample_sequence(trial, names, spec)
+        order = sample_order(trial, names) if spec.order == "search" else list(names)
+        seq = sample_sequence(trial, order, spec)
         if spec.bind == "rsa":
             seq = [{k: v for k, v in e.items() if k != "bind"} for e in seq]
         t0 = time.perf_counter()
-        res = replay_sequence(seq, stream, config, seed=spec.seed, options=options)
+        res = replay_sequence(seq, stream, config, seed=spec.seed, options=options, order=order)
+        trial.set_user_attr("order", order)
         trial.set_user_attr("worker", worker)
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("sequence", grow_sequence(res.net))
@@ -309,6 +368,7 @@ def pareto(study) -> list[dict]:
     for t in sorted(study.best_trials, key=lambda t: (t.values[1], -t.values[0])):
         out.append({"trial": t.number, "gain": t.values[0], "params": int(t.values[1]),
                     "AP": t.user_attrs.get("AP"), "worker": t.user_attrs.get("worker"),
+                    "order": t.user_attrs.get("order"),
                     "sequence": t.user_attrs.get("sequence")})
     return out
 
@@ -327,11 +387,13 @@ def _seq_text(seq: list | None) -> str:
 
 def format_pareto(front: list[dict]) -> str:
     """The Pareto front as a markdown table."""
-    lines = ["| trial | gain (%) | parameters | AP (test) | worker | sequence (task->bind delta +grown) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| trial | gain (%) | parameters | AP (test) | worker | order | sequence (task->bind delta +grown) |",
+             "|---|---|---|---|---|---|---|"]
     for p in front:
         ap = "-" if p["AP"] is None else f"{p['AP']:.4f}"
-        lines.append(f"| {p['trial']} | {p['gain']:+.2f} | {p['params']} | {ap} | {p['worker']} | {_seq_text(p['sequence'])} |")
+        order = ",".join(p.get("order") or []) or "-"
+        lines.append(f"| {p['trial']} | {p['gain']:+.2f} | {p['params']} | {ap} | {p['worker']} | {order} | "
+                     f"{_seq_text(p['sequence'])} |")
     return "\n".join(lines)
 
 
@@ -353,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--delta-mode", choices=("per_task", "shared"), default="per_task")
     p.add_argument("--grid", type=float, default=0.05, help="delta grid step (0: continuous range)")
     p.add_argument("--gain", choices=("error", "accuracy"), default="error")
+    p.add_argument("--order", choices=("fixed", "search"), default="fixed", help="search the task order too")
     p.add_argument("--study", default="l2bg")
     # internal: one worker process of a parallel search
     p.add_argument("--spec", help=argparse.SUPPRESS)
@@ -371,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         journal=args.journal, stream=args.stream, stream_options=json.loads(args.stream_options), seed=args.seed,
         config=config, options=json.loads(args.options), n_trials=args.n_trials, sampler=args.sampler,
         bind=args.bind, delta_mode=args.delta_mode, grid=args.grid or None, study_name=args.study, gain=args.gain,
+        order=args.order,
     )
     print("command: python -m strategies.l2bg_search " + " ".join(argv if argv is not None else sys.argv[1:]))
     t0 = time.perf_counter()

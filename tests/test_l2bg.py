@@ -569,3 +569,288 @@ def test_two_worker_journal_search(tmp_path):
     assert len({t.user_attrs["pid"] for t in done}) == 2
     front = pareto(study)
     assert front and all(len(p["sequence"]) == 3 for p in front)
+
+
+# ---- controls, deviations and the missing pieces (issue 10) --------------------------------------
+
+from strategies.l2bg import depth_corrected, grown_params, node_versions, ordered_grow, random_plan, slot_params  # noqa: E402
+from strategies.l2bg_channels import channel_units, grow_channels, provider, unit_outputs  # noqa: E402
+from strategies.l2bg_graph import VERSION, tensor_state  # noqa: E402
+from strategies.l2bg_search import reorder, sample_order, sample_sequence  # noqa: E402
+from strategies.l2bg_views import inspect_view  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=5), st.integers(2, 6), st.integers(0, 10_000),
+       st.floats(0.005, 0.2))
+def test_random_plan_matches_parameters(sizes, n_tasks, seed, tol):
+    slots = {f"s{i}": v for i, v in enumerate(sizes)}
+    tasks = [f"t{i + 1}" for i in range(n_tasks)]
+    # A target that some plan reaches: the sum of a deterministic subset per step.
+    target = sum(sizes[: 1 + seed % len(sizes)]) * (n_tasks - 1) // 2
+    try:
+        plan = random_plan(tasks, slots, target=target, tol=tol, seed=seed, max_draws=20_000)
+    except ValueError as e:
+        assert "no random plan" in str(e)
+        return
+    total = sum(slots[s] for _, grow in plan for s in grow)
+    assert abs(total - target) <= tol * target
+    assert len(plan) == n_tasks - 1
+    for i, (bind_to, grow) in enumerate(plan, start=1):
+        assert bind_to in tasks[:i] and list(grow) == sorted(set(grow), key=list(slots).index)
+    assert plan == random_plan(tasks, slots, target=target, tol=tol, seed=seed, max_draws=20_000)
+
+
+def test_random_plan_reports_the_closest_when_unreachable():
+    with pytest.raises(ValueError, match="closest: (10|20)"):
+        random_plan(["t1", "t2"], {"a": 10, "b": 10}, target=15, tol=0.02, max_draws=500)
+
+
+def test_random_control_matches_guided_parameters_within_2_percent():
+    stream = _stream(4)
+    guided = run_stream("l2bg", stream, CONFIG, seed=0, options={"backbone": MLP, "delta": 0.55})
+    target = grown_params(guided.net)
+    assert target > 0
+    rnd = run_stream("l2bg-random", stream, CONFIG, seed=0, options={"backbone": MLP, "match_params": target})
+    assert abs(grown_params(rnd.net) - target) <= 0.02 * target
+    assert abs(rnd.params - guided.params) <= 0.02 * guided.params
+    # The plan is not the guided one: random binds and slots (seeded), same size.
+    assert grow_sequence(rnd.net) != grow_sequence(guided.net)
+    with pytest.raises(StrategyError, match="n_grow.*match_params|not both"):
+        get("l2bg-random", n_grow=1, match_params=10)
+
+
+@given(st.lists(st.floats(0.0, 2.0, allow_nan=False), min_size=1, max_size=6), st.data())
+def test_ordered_grow_picks_k_slots_by_rule(conflicts, data):
+    names = [f"s{i}" for i in range(len(conflicts))]
+    probs = normalise(conflicts)
+    k = data.draw(st.integers(0, len(names)))
+    picks = {o: ordered_grow(names, probs, k, o) for o in ("conflict", "reverse", "top", "bottom")}
+    assert all(len(p) == k == len(set(p)) for p in picks.values())
+    assert picks["conflict"] == [names[i] for i in ranking(probs)[:k]]
+    assert picks["top"] == names[::-1][:k] and picks["bottom"] == names[:k]
+    rest = [p for n, p in zip(names, probs) if n not in picks["reverse"]]
+    assert all(probs[names.index(s)] <= min(rest, default=2.0) for s in picks["reverse"])
+
+
+def test_grow_orders_keep_bind_and_nucleus_size():
+    stream = _stream(3)
+    runs = {o: run_stream("l2bg", stream, CONFIG, seed=0, options={"backbone": MLP, "delta": 0.5, "grow_order": o})
+            for o in ("conflict", "top", "bottom", "reverse")}
+    seqs = {o: grow_sequence(r.net) for o, r in runs.items()}
+    for o in ("top", "bottom", "reverse"):
+        for a, b in zip(seqs[o][1:], seqs["conflict"][1:]):
+            assert len(a["grow"]) == len(b["grow"])  # RSA's nucleus size
+        assert runs[o].net.tasks["t2"].annotations[PROV]["grow_order"] == o
+    # the first bind-grow step sees the same conflicts in every run: same bind, slots by rule
+    names = ["fc1", "fc2", "fc3"]
+    k = len(seqs["conflict"][1]["grow"])
+    assert seqs["top"][1]["bind"] == seqs["conflict"][1]["bind"]
+    assert sorted(seqs["top"][1]["grow"]) == sorted(names[::-1][:k])
+    assert sorted(seqs["bottom"][1]["grow"]) == sorted(names[:k])
+
+
+def test_depth_correction_pure_and_recorded():
+    assert depth_corrected({"a": 0.5, "b": 0.2}, {"a": 0.1, "b": 0.3}) == pytest.approx({"a": 0.4, "b": 0.0})
+    assert depth_corrected({"a": 0.5}, {"a": 0.25}, "ratio") == {"a": 2.0}
+    assert depth_corrected({"a": 0.5}, {"a": 0.25}, "none") == {"a": 0.5}
+    with pytest.raises(ValueError, match="different slots"):
+        depth_corrected({"a": 0.5}, {"b": 0.25})
+    r = run_stream("l2bg", _stream(2), CONFIG, seed=0,
+                   options={"backbone": MLP, "delta": 0.5, "depth_correction": "subtract"})
+    prov = r.net.tasks["t2"].annotations[PROV]
+    raw = {s["slot"]: s["conflict"] for s in prov["slots"]}
+    assert set(prov["depth_baseline"]) == set(raw)
+    want = depth_corrected(raw, dict(prov["depth_baseline"]), "subtract")
+    assert dict(prov["used_conflicts"]) == pytest.approx(want)
+    probs = [s["prob"] for s in prov["slots"]]
+    assert probs == pytest.approx(normalise([want[s] for s in raw]))
+
+
+def test_sequence_conflicts_drive_the_nucleus_without_rsa():
+    stream = _stream(3)
+    seq = [{"task": "t2", "bind": "t1", "conflicts": {"fc1": 0.9, "fc2": 0.05, "fc3": 0.05}},
+           {"task": "t3", "bind": "t1", "conflicts": {"fc1": 0.0, "fc2": 0.0, "fc3": 1.0}}]
+    trained = []
+    r = _drive(get("l2bg", backbone=MLP, delta=0.5, sequence=seq, reference=False), stream,
+               before_train=lambda net, run: trained.append(run.task.name))
+    assert [e["grow"] for e in grow_sequence(r.net)[1:]] == [["fc1"], ["fc3"]]
+    prov = r.net.tasks["t2"].annotations[PROV]
+    assert "independent" not in prov and "conflicts" not in prov  # no RSA was run
+    with pytest.raises(StrategyError, match="conflicts"):
+        get("l2bg", sequence=[{"task": "t2", "conflicts": {"fc1": -1.0}}])
+
+
+def test_rsa_on_every_validation_input():
+    stream = _stream(2)
+    x = rsa_sample_all = None
+    from strategies.l2bg import rsa_sample
+
+    rsa_sample_all = rsa_sample(stream.tasks[1], seed=0, index=1, n=None)
+    assert rsa_sample_all.shape[0] == len(stream.tasks[1].y_val)
+    with pytest.raises(StrategyError, match="rsa_samples"):
+        get("l2bg", rsa_samples=2)
+    assert x is None
+
+
+def _changed(before, net, store):
+    out = set()
+    for n, old in before.items():
+        now = [store[p.key] for p in net.node(n).params if p.key in store]
+        if len(now) != len(old) or any(not torch.equal(a, b) for a, b in zip(now, old)):
+            out.add(n)
+    return out
+
+
+@pytest.mark.parametrize("options", [{"shared_lr_scale": 0.0, "delta": 0.5}, {"delta": 0.5},
+                                     {"delta": 0.0, "old_heads": "lwf"}])
+def test_version_counter_counts_exactly_the_updated_nodes(options):
+    stream = _stream(3)
+    seen = {}
+
+    def before_train(net, run):
+        seen["state"] = tensor_state(net, run.store)
+        seen["versions"] = node_versions(net)
+
+    def after(o):
+        versions = node_versions(o.net)
+        changed = _changed(seen["state"], o.net, o.store)
+        for n in o.net.nodes:
+            inc = versions.get(n, 0) - seen["versions"].get(n, 0)
+            assert inc == (1 if n in changed else 0), (o.task, n, inc)
+        assert changed  # every phase updates something
+
+    _drive(get("l2bg", backbone=MLP, **options), stream, before_train=before_train, after=after)
+
+
+def test_frozen_shared_nodes_keep_their_version_and_lwf_moves_old_heads():
+    stream = _stream(3)
+    frozen = run_stream("l2bg", stream, CONFIG, seed=0, options={"backbone": MLP, "delta": 0.0, "shared_lr_scale": 0.0})
+    assert node_versions(frozen.net) == {"fc1": 1, "fc2": 1, "fc3": 1, "head.t1": 1, "head.t2": 1, "head.t3": 1}
+    drift = run_stream("l2bg", stream, CONFIG, seed=0, options={"backbone": MLP, "delta": 0.0})
+    assert node_versions(drift.net)["fc1"] == 3 and node_versions(drift.net)["head.t1"] == 1
+    lwf = run_stream("l2bg", stream, CONFIG, seed=0, options={"backbone": MLP, "delta": 0.0, "old_heads": "lwf"})
+    assert node_versions(lwf.net)["head.t1"] == 3  # trained on the distillation loss at t2 and t3
+    assert inspect_view(lwf.net)["versions"] == node_versions(lwf.net)
+    assert inspect_view(backbones.build(MLP, task="t1", n_classes=2)) is None
+
+
+def test_task_order_search_space_and_replay(tmp_path):
+    import optuna
+
+    names = ["t1", "t2", "t3"]
+    trial = optuna.trial.FixedTrial({"order_t1": 0.7, "order_t2": 0.2, "order_t3": 0.2, "bind_t3": 0.99,
+                                     "bind_t1": 0.4, "delta_t3": 0.5, "delta_t1": 1.0})
+    order = sample_order(trial, names)
+    assert order == ["t2", "t3", "t1"]  # by key, ties by stream position
+    spec = SearchSpec(journal=str(tmp_path / "j.log"), order="search")
+    seq = sample_sequence(trial, order, spec)
+    assert seq == [{"task": "t3", "bind": "t2", "delta": 0.5}, {"task": "t1", "bind": "t2", "delta": 1.0}]
+    stream = _stream(3)
+    with pytest.raises(ValueError, match="permutation"):
+        reorder(stream, ["t1", "t2"])
+    first = replay_sequence(seq, stream, CONFIG, options={"backbone": MLP}, order=order)
+    assert list(first.net.tasks) == order
+    again = replay_sequence(grow_sequence(first.net), stream, CONFIG, options={"backbone": MLP})
+    assert list(again.net.tasks) == order and again.matrix == first.matrix
+    assert again.net.structure() == first.net.structure()
+
+
+def test_order_search_runs_trials_in_their_orders(tmp_path):
+    spec = SearchSpec(
+        journal=str(tmp_path / "journal.log"), stream="synthetic",
+        stream_options={"n_tasks": 3, "input_shape": [D], "n_train_per_class": 8, "n_val_per_class": 6,
+                        "n_test_per_class": 4},
+        config={"epochs": 1, "batch_size": 16}, options={"backbone": MLP, "rsa_samples": 12}, n_trials=3,
+        order="search", sampler="tpe",
+    )
+    study = search(spec, workers=1, echo=None)
+    done = [t for t in study.trials if t.values is not None]
+    assert len(done) == 3
+    for t in done:
+        order = t.user_attrs["order"]
+        assert sorted(order) == ["t1", "t2", "t3"]
+        assert [e["task"] for e in t.user_attrs["sequence"]] == order
+        keys = {n: t.params[f"order_{n}"] for n in order}
+        assert order == sorted(order, key=lambda n: (keys[n], int(n[1:])))
+
+
+# ---- channel-level growth -------------------------------------------------------------------------
+
+
+@given(st.integers(1, 40), st.integers(1, 8))
+def test_channel_units_partition(width, groups):
+    units = channel_units(width, groups)
+    assert [c for u in units for c in u] == list(range(width))
+    assert len(units) == min(width, groups) and max(map(len, units)) - min(map(len, units)) <= 1
+
+
+def _units_of(net, store, task, x, groups):
+    return unit_outputs(net, store, task, x, task_slots(net, task, bn_slots=False), groups)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(2, 7), min_size=1, max_size=3), st.integers(1, 4), st.booleans(), st.data())
+def test_channel_growth_copies_the_bound_function_and_isolates_others(widths, groups, use_bn, data):
+    layers = [{"kind": "input", "shape": [5]}]
+    for w in widths:
+        layers += [{"kind": "linear", "out_f": w}] + ([{"kind": "bn"}] if use_bn else []) + [{"kind": "relu"}]
+    net = backbones.build(layers, task="t1", n_classes=3)
+    store = ParamStore(seed=data.draw(st.integers(0, 99))).realize(net)
+    if use_bn:  # statistics away from (0, 1): copies of them matter
+        for n in net.nodes:
+            for p in net.node(n).params:
+                if p.name == "running_mean":
+                    store.update(p.key, torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    x = torch.randn(7, 5, generator=torch.Generator().manual_seed(0))
+    producers = [f"fc{i + 1}" for i in range(len(widths))]
+    for i in range(2, 2 + data.draw(st.integers(1, 3))):
+        task = f"t{i}"
+        to = data.draw(st.sampled_from(list(net.tasks)))
+        options = [(p, j) for p in producers for j in range(len(channel_units(widths[producers.index(p)], groups)))]
+        grow = data.draw(st.lists(st.sampled_from(options), unique=True, max_size=4))
+        others = {t: compile_net(net, store, t)(x).detach() for t in net.tasks}
+        want = _units_of(net, store, to, x, groups)
+        params_before = param_counts(net)["total"]
+        net, grown = grow_channels(net, store, task=task, to=to, grow=grow, groups=groups, n_classes=2)
+        check(net)
+        got = _units_of(net, store, task, x, groups)
+        assert list(got) == list(want)
+        for u in want:
+            assert torch.allclose(got[u], want[u], atol=1e-5), (task, to, u)
+        for t, out in others.items():  # other tasks compute exactly what they did
+            assert torch.equal(compile_net(net, store, t)(x).detach(), out)
+        for u, info in grown.items():
+            node, j = u.split("#")
+            assert provider(net, task, node, int(j)) == info["group"]
+            g = next(g for g in net.node(node).out_groups if g.id == info["group"])
+            assert g.owner == task and g.size == len(info["channels"])
+        added = param_counts(net)["total"] - params_before
+        assert added >= sum(len(i["channels"]) for i in grown.values())  # at least the new rows' biases
+
+
+def test_channel_granularity_end_to_end():
+    stream = _stream(3)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.01, optimizer="adam")
+    opts = {"backbone": MLP, "granularity": "channels", "channel_groups": 2, "delta": 0.5}
+    r = run_stream("l2bg", stream, cfg, seed=0, options=opts)
+    check(r.net)
+    seq = grow_sequence(r.net)
+    assert all("#" in u for e in seq[1:] for u in e["grow"]) and any(e["grow"] for e in seq[1:])
+    prov = r.net.tasks["t2"].annotations[PROV]
+    assert prov["granularity"] == "channels" and len(prov["units"]) == 6
+    assert "channel units" in inspect_view(r.net)
+    frozen = run_stream("l2bg", stream, cfg, seed=0, options={**opts, "shared_lr_scale": 0.0})
+    assert frozen.metrics["BWT"] == 0.0  # shared blocks frozen, own blocks trained: no forgetting
+    again = run_stream("l2bg", stream, cfg, seed=0, options=opts)
+    assert again.matrix == r.matrix  # same seed, same numbers
+    with pytest.raises(StrategyError, match="channels"):
+        get("l2bg", granularity="channels", head="shared")
+
+
+def test_nothing_to_train_is_skipped_not_an_error():
+    # delta 0, a shared head and frozen shared layers: task 2 uses only frozen tensors
+    r = run_stream("l2bg", _stream(2), CONFIG, seed=0,
+                   options={"backbone": MLP, "delta": 0.0, "shared_lr_scale": 0.0, "head": "shared"})
+    assert r.matrix[1][0] == r.matrix[0][0]  # t1 untouched
+    assert node_versions(r.net) == {"fc1": 1, "fc2": 1, "fc3": 1, "head.t1": 1}
