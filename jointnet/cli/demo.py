@@ -186,6 +186,7 @@ def main(args: argparse.Namespace | None = None) -> int:
     print(f"inspect:   jointnet inspect {snaps[-1]}\n"
           f"           jointnet log {snaps[-1]}\n"
           f"           jointnet diff {snaps[0]} {snaps[-1]}\n"
-          f"           jointnet render {snaps[-1]} -o {out / 'packnet.svg'}")
+          f"           jointnet render {snaps[-1]} -o {out / 'packnet.svg'}\n"
+          f"report:    jointnet report {' '.join(str(out / n) for n in DEMO_RUNS)} -o {out / 'report.html'}")
     print(f"\ndone in {time.perf_counter() - t0:.0f}s")
     return 0
