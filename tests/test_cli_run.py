@@ -68,7 +68,7 @@ def _base(out, strategy="finetune", epochs=1):
     (["--device", "tpu"], "finetune", ["--device must be cpu, cuda or cuda:N (got 'tpu')"]),
     (["-O", "lamda=1"], "ewc", ["unknown option 'lamda' of strategy 'ewc' (-O)", "did you mean 'lam'"]),
     (["-O", "lam=abc"], "ewc", ["option 'lam' of strategy 'ewc' (-O) must be a number (got 'abc')"]),
-    (["-O", "lam=-5"], "ewc", ["ewc: bad options: 'lam' must be >= 0.0"]),
+    (["-O", "lam=-5"], "ewc", ["ewc: bad options: lam=-5: 'lam' must be >= 0.0"]),
     (["-O", "mode=sideways"], "ewc", ["'mode'", "sideways"]),
     (["-S", "n_taks=3"], "finetune", ["unknown option 'n_taks' of stream 'synthetic' (-S)", "did you mean 'n_tasks'"]),
     (["-S", "noise=loud"], "finetune", ["option 'noise' of stream 'synthetic' (-S) must be a number (got 'loud')"]),

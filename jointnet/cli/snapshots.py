@@ -336,7 +336,8 @@ def format_views(views: dict[str, Any]) -> str:
     def emit(value: Any, indent: str) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
-                if isinstance(v, (dict, list)) and v and not all(isinstance(x, (int, float, str)) for x in v):
+                if v and (isinstance(v, dict) or isinstance(v, list)
+                          and not all(isinstance(x, (int, float, str)) for x in v)):
                     lines.append(f"{indent}{k}:")
                     emit(v, indent + "  ")
                 else:

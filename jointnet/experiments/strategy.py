@@ -126,8 +126,26 @@ def get(name: str, **options: Any) -> Any:
         return cls(**options)
     except StrategyError:
         raise
-    except (TypeError, ValueError) as e:  # a validator's complaint
-        raise StrategyError(f"bad options: {e}", strategy=name) from None
+    except (TypeError, ValueError) as e:  # a validator's or converter's complaint
+        raise StrategyError(_bad_options(cls, options, e), strategy=name) from None
+
+
+def _reason(e: Exception) -> str:
+    # attrs validators raise TypeError(message, attribute, expected, value): the message is the first
+    return e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+
+
+def _bad_options(cls: type, options: dict[str, Any], error: Exception) -> str:
+    """One line naming the option `cls` refused and why (each option is tried alone to find it,
+    since a converter's complaint does not name its field)."""
+    for key, value in options.items():
+        try:
+            cls(**{key: value})
+        except (TypeError, ValueError) as e:
+            return f"bad options: {key}={value!r:.60}: {_reason(e)}"
+        except Exception:  # noqa: BLE001 - another option's absence; keep looking
+            continue
+    return f"bad options: {_reason(error)}"
 
 
 @attrs.define

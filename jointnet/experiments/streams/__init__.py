@@ -34,6 +34,8 @@ ctrl-long  (Slong)  100 tasks, 5 random classes each in a random label order and
 synthetic           seeded Gaussian class prototypes, no files; any input shape
 split-cifar100      10 tasks x 10 classes from a local CIFAR-100 folder
 cifar100-superclass 20 tasks, one per coarse label, each over its 5 fine classes
+similar-fmnist      N 10-way tasks (10) on disjoint Fashion-MNIST shards, each through its own
+                    seeded writer (affine warp + stroke gamma): SPG's similar tasks
 =================== ========================================================================
 
 **CTrL from Fashion-MNIST alone.** CTrL (Veniat et al., ICLR'21; PAR spec §5) builds its short
@@ -80,6 +82,7 @@ from jointnet.experiments.streams.transforms import TRANSFORMS, permute_pixels, 
 # Importing a family registers its streams; `STREAMS` lists them in this order.
 # isort: off
 from jointnet.experiments.streams import fmnist, ctrl, synthetic, cifar  # noqa: F401
+from jointnet.experiments.streams import similar  # noqa: F401  (similar-fmnist: SPG's similar tasks)
 # isort: on
 
 __all__ = [
