@@ -187,7 +187,7 @@ from jointnet.experiments.trainer import Hooks, TrainConfig
 from jointnet.graph import annotate
 from jointnet.graph.net import JointNet
 from strategies.l2bg_decide import (
-    GROW_ORDERS, Choice, Situation, ordered_grow, random_decision, random_plan, rsa_argmin, rsa_decision,
+    GROW_ORDERS, Choice, Situation, choose, ordered_grow, random_decision, random_plan, rsa_argmin, rsa_decision,
     rsa_sample, seed_of, sequence_entry,
 )
 from strategies.l2bg_graph import (
@@ -424,12 +424,8 @@ def _bind_grow(opts: "BindGrowOptions", net: JointNet, run: TaskRun, ind: Indepe
     slots = {b: task_slots(net, b, bn_slots=opts.bn_slots, head_slot=head_slot) for b in targets}
     measured = measure(opts, net, run, ind, targets, slots)
     conflicts = measured.conflicts
-    situation = Situation(task.name, index, run.seed, tuple(candidates),
-                          {b: tuple(s.name for s in slots[b]) for b in targets}, conflicts, entry)
-    try:
-        choice = decide(situation)
-    except ValueError as e:
-        raise run.error(str(e)) from None
+    choice = choose(decide, run, task.name, index, candidates,
+                    {b: [s.name for s in slots[b]] for b in targets}, conflicts, entry)
     target, delta = choice.bind, choice.delta
     names = [s.name for s in slots[target]]
     # The per-slot values the nucleus runs on: a sequence entry's, else the measured conflicts of

@@ -60,7 +60,7 @@ from jointnet.graph import (
 )
 from jointnet.graph.frozen import thaw
 from jointnet.graph.net import JointNet
-from strategies.l2bg_decide import Choice, Situation, rsa_argmin, rsa_sample
+from strategies.l2bg_decide import Choice, Situation, choose, rsa_argmin, rsa_sample
 from strategies.l2bg_graph import PROV, Slot, log_entry, slot_conflicts, slot_outputs, task_slots
 from strategies.l2bg_rsa import normalise, nucleus, ranking, rsa, task_conflict
 
@@ -356,12 +356,8 @@ def bind_grow_channels(opts: Any, net: JointNet, run: TaskRun, ind: Any, entry: 
         conflicts = {b: slot_conflicts(slot_outputs(net, run.store, b, x, slots[b], opts.record), acts_t,
                                        rdm_kind=opts.rdm, compare=opts.compare) for b in targets}
         units_t = unit_outputs(ind.net, ind.store, task.name, x, t_slots, opts.channel_groups, opts.record)
-    situation = Situation(task.name, index, run.seed, tuple(candidates),
-                          {b: tuple(s.name for s in slots[b]) for b in targets}, conflicts, entry)
-    try:
-        choice = decide(situation)
-    except ValueError as e:
-        raise run.error(str(e)) from None
+    choice = choose(decide, run, task.name, index, candidates,
+                    {b: [s.name for s in slots[b]] for b in targets}, conflicts, entry)
     target, delta = choice.bind, choice.delta
     by_slot = {s.name: s for s in slots[target]}
     names = [unit_name(s.name, j) for s in slots[target]

@@ -24,7 +24,7 @@ from strategies.l2bg_rsa import ranking, task_conflict
 
 __all__ = [
     "Situation", "Choice", "GROW_ORDERS", "rsa_argmin", "rsa_decision", "ordered_grow", "random_decision",
-    "random_plan", "sequence_entry", "rsa_sample", "seed_of",
+    "random_plan", "sequence_entry", "rsa_sample", "seed_of", "choose",
 ]
 
 GROW_ORDERS = ("conflict", "reverse", "top", "bottom")
@@ -66,6 +66,19 @@ class Choice:
     bind: str
     delta: float | None
     grow: tuple[str, ...] | None
+
+
+def choose(decide, run: Any, task: str, index: int, candidates: Sequence[str], slot_names: Mapping[str, Sequence[str]],
+           conflicts: Mapping[str, Mapping[str, float]] | None, entry: Mapping) -> Choice:
+    """`decide`'s `Choice` for the situation of `task` (the `index`-th of `run`'s stream): bind
+    `candidates`, their slots by name, the measured `conflicts`, the sequence `entry`. A decision
+    rule's ValueError becomes the run's one-line error."""
+    situation = Situation(task, index, run.seed, tuple(candidates),
+                          {b: tuple(names) for b, names in slot_names.items()}, conflicts, entry)
+    try:
+        return decide(situation)
+    except ValueError as e:
+        raise run.error(str(e)) from None
 
 
 def rsa_argmin(candidates: Sequence[str], conflicts: Mapping[str, Mapping[str, float]], norm: str = "l2") -> str:

@@ -20,7 +20,6 @@ from typing import Any
 import attrs
 import torch
 
-from jointnet import backbones
 from jointnet.errors import JointNetError
 from jointnet.execution import run as execute
 from jointnet.execution import task_context
