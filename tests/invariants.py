@@ -290,6 +290,14 @@ def reference_forward(net: JointNet, store: ParamStore, task, x: torch.Tensor,
         elif kind == "Conv2d":
             y = F.conv2d(ins[0], p["weight"], p.get("bias"), spec.stride, spec.padding, spec.dilation,
                          spec.groups)
+        elif kind == "TFConv2d":  # W[o,i,h,w] = sum G[a,b,c,d] U4[a,o] U3[b,i] U1[c,h] U2[d,w]
+            w = torch.einsum("abcd,ao,bi,ch,dw->oihw", p["core"], p["u4"], p["u3"], p["u1"], p["u2"])
+            y = F.conv2d(ins[0], w, p["bias"], spec.stride, spec.padding)
+        elif kind == "DFConv2d":  # Z = deconv(K) + beta (stride 2, "same"), W = Z contracted with T
+            z = F.conv_transpose2d(p["kb"][None], p["deconv"], p["deconv_bias"], stride=2,
+                                   padding=(spec.ts_kernel - 1) // 2)[0]
+            w = torch.tensordot(z, p["contract"], dims=([0], [0])).permute(3, 2, 0, 1)
+            y = F.conv2d(ins[0], w, p["bias"], spec.stride, spec.padding)
         elif kind == "BatchNorm":
             y = F.batch_norm(ins[0], p["running_mean"], p["running_var"], p.get("weight"), p.get("bias"),
                              False, spec.momentum, spec.eps)

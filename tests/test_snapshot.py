@@ -382,7 +382,7 @@ def test_valid_msgpack_of_wrong_types_raises(entry, data):
     _rejects(reframe(SMALL, edit))
 
 
-@pytest.mark.parametrize("version", [0, 3, 99, -1, "1", 1.0, True, None])
+@pytest.mark.parametrize("version", [0, 4, 99, -1, "1", 1.0, True, None])
 def test_unknown_format_version_names_the_supported_ones(version):
     def edit(obj):
         obj["format_version"] = version

@@ -37,10 +37,12 @@ from jointnet.graph.frozen import freeze as freeze_value
 from jointnet.graph.net import NodePolicy
 from jointnet.execution.store import ParamStore
 from jointnet.graph.draft import replay
+from jointnet.graph.layers.factorized import DFConv2d, TFConv2d
 from jointnet.graph.shapes import route_sink, task_shapes
 from jointnet.execution.optim import fit, param_groups, train_plan
 
 MAX_TASKS = 5
+_CONVS = frozenset({"Conv2d", "TFConv2d", "DFConv2d"})
 # Kinds a widening passes through on its way to the next Conv2d / Linear / Head.
 _CHANNEL_PASSING = {"BatchNorm", "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "Flatten", "Dropout",
                     "Identity", "Gate"}
@@ -413,6 +415,10 @@ class JointNetMachine(RuleBasedStateMachine):
             kind = self.net.node(n).kind
             route = set(self.net.route(t))
             pairs += [(t, n, m) for m in self.net.nodes if m not in route and self.net.node(m).kind == kind]
+            # A generated conv replaces a plain one and back (LASEM's alternatives of a slot).
+            if kind in _CONVS:
+                pairs += [(t, n, m) for m in self.net.nodes
+                          if m not in route and self.net.node(m).kind in _CONVS - {kind}]
         if not pairs:
             return
         t, node, to = data.draw(st.sampled_from(pairs), label="reroute")
@@ -421,6 +427,39 @@ class JointNetMachine(RuleBasedStateMachine):
         if new is not None:
             self._replace_in_route(t, node, to)
             assert all(p.task != t for p in new.node(node).params)
+
+    @precondition(lambda self: self.net is not None)
+    @rule(data=st.data())
+    def alternative(self, data):
+        """add_node(route=False): a node beside `node` on `t`'s route, fed as `node` is, that no
+        task uses until a reroute sends one through it (of the same kind, or a generated conv
+        for a plain one)."""
+        picks = [(t, n) for t, n in self._on_route({"Conv2d", "Linear", "ReLU"})
+                 if len(self.net.inputs_of(n, t)) == 1]
+        if not picks:
+            return
+        t, n = data.draw(st.sampled_from(picks), label="task_node")
+        spec = self.net.effective_spec(t, n)
+        if spec.kind == "Conv2d" and spec.groups == 1 and spec.dilation == 1:
+            kind = data.draw(st.sampled_from(["DFConv2d", "TFConv2d", "Conv2d"]), label="kind")
+            geo = dict(in_ch=spec.in_ch, out_ch=spec.out_ch, stride=spec.stride, padding=spec.padding)
+            if kind == "TFConv2d":
+                spec = TFConv2d(kernel=spec.kernel, **geo)
+            elif kind == "DFConv2d" and spec.kernel % 2:
+                spec = DFConv2d(kernel=spec.kernel, kb_ch=2, ts_ch=3, **geo)
+        node = self._fresh("alt")
+        new = self._apply(rw.add_node, node=node, spec=spec, inputs=self.net.inputs_of(n, t), task=t,
+                          route=False, acted=())
+        self.ref_nodes.add(node)
+        assert new.users(node) == set() and node not in new.route(t)
+        assert new.log[-1].kwargs["route"] is False
+        # Only added: routing stays as it was, so no task's output moved (checked by _apply).
+        if data.draw(st.booleans(), label="use"):  # and used: t now computes through it
+            # Channels grown at `n` reach its successors only through `n` (the producer that grew
+            # them), so after a widen the shapes may disagree: then the reroute is refused.
+            if self._apply(rw.reroute, task=t, node=n, to=node, acted=(t,), expect="any") is not None:
+                self._replace_in_route(t, n, node)
+                assert self.net.users(node) == {t}
 
     # ---- channels -----------------------------------------------------------------------------
 

@@ -66,20 +66,29 @@ def add_task(d: Draft, /, *, task: str, input: str | None = None) -> None:
     d.add_task(TaskInfo(task, input, added_at=d.version))
 
 
-@rewrite
-def add_node(d: Draft, /, *, node: str, spec: Any, inputs: Any, task: str) -> None:
+@rewrite(recorded_if_set=("route",))
+def add_node(d: Draft, /, *, node: str, spec: Any, inputs: Any, task: str, route: bool = True) -> None:
     """Add a layer fed by `inputs` (nodes on `task`'s open route) and route `task` through it.
 
     `spec` is a layer spec, or a dict whose input width is inferred (``{"kind": "conv",
     "out_ch": 32}``). A merge spec (Add, Concat) takes its inputs in the order given.
+
+    With ``route=False`` the node is only added: an *alternative* that no task routes through
+    until a `reroute` (or a route view) uses it, e.g. LASEM's shared layer of a slot beside a
+    task's own. Its input widths come from `inputs` on `task`'s route, which may then be closed.
     """
     d.new_node_id(node)
-    d.require_open(task)
+    if type(route) is not bool:
+        raise d.error(f"route must be a bool (got {route!r})")
+    if route:
+        d.require_open(task)
+    else:
+        d.task(task)
     ins = [inputs] if isinstance(inputs, str) else list(inputs)
-    route = set(d.route(task))
+    on_route = set(d.route(task))
     for u in ins:
         d.node(u)
-        if u not in route:
+        if u not in on_route:
             raise d.error(f"input {u!r} is not on the route of task {task!r}")
     shapes = d.check_task(task)
     layer = d.layer(spec, [shapes[u] for u in ins])
@@ -91,6 +100,8 @@ def add_node(d: Draft, /, *, node: str, spec: Any, inputs: Any, task: str) -> No
     if len(set(ins)) != len(ins):
         raise d.error(f"inputs {ins} repeat a node")
     d.set_node(Node(node, layer, d.fresh_params(node, layer), created_by=task))
+    if not route:
+        return
     for port, u in enumerate(ins):
         d.route_edge(u, node, task, port)
     d.check_task(task)
@@ -286,15 +297,23 @@ def clone_node(
 
 @rewrite
 def reroute(d: Draft, /, *, task: str, node: str, to: str) -> None:
-    """Send `task`'s route through the existing node `to` instead of `node` (same edges, ports)."""
+    """Send `task`'s route through the existing node `to` instead of `node` (same edges, ports).
+
+    `to` may be of another kind that takes as many inputs (a factorized conv for a plain one:
+    LASEM's shared and task-specific alternatives), but never a Head for a non-head or the
+    reverse; the shapes along the route must still agree. `task`'s variants and masks on `node`
+    go; a kind's per-task parameters on `to` are made for `task`.
+    """
     d.require_on_route(task, node)
     target = d.node(to)
     if to in d.route(task):
         raise d.error(f"task {task!r} already routes through {to!r}")
     if target.kind == "Input" or d.node(node).kind == "Input":
         raise d.error("inputs cannot be rerouted")
-    if target.kind != d.node(node).kind:
-        raise d.error(f"{to!r} is a {target.kind}, {node!r} a {d.node(node).kind}")
+    src = d.node(node)
+    if target.kind != src.kind and (
+            "Head" in (target.kind, src.kind) or target.spec.arity != src.spec.arity):
+        raise d.error(f"{to!r} is a {target.kind}, {node!r} a {src.kind}")
     feeds = set(d.view().inputs_of(node, task))
     _move_routes(d, task, node, to)
     if d.reaches(to, feeds | {to}):

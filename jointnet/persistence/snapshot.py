@@ -48,8 +48,8 @@ from jointnet.persistence.values import Malformed, Unstorable, check_keys, shown
 __all__ = ["save", "load", "dumps", "loads", "FORMAT", "FORMAT_VERSION", "SUPPORTED_VERSIONS"]
 
 FORMAT = "jointnet-snapshot"
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
 
 # Top-level entries of a version-1 file, in file order.
 _ENTRIES = ("format", "format_version", "net", "store", "tensors", "data", "crc32")

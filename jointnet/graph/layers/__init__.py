@@ -30,6 +30,7 @@ from jointnet.graph.layers.kinds import (
     ReLU,
     Zero,
 )
+from jointnet.graph.layers import factorized  # noqa: F401  (TFConv2d, DFConv2d: LASEM's generated convs)
 
 __all__ = [
     "Layer", "ParamInfo", "SPECS", "ALIASES", "CHANNEL_RULES", "RUNTIME", "register_spec",
