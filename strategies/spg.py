@@ -315,7 +315,11 @@ def prune_probe(net: JointNet, store: ParamStore, task: str, x: torch.Tensor, y:
 
 @attrs.frozen
 class SPG:
-    """SPG (Konishi et al., ICML 2023), soft-masked gradients; variants chi=false (w/o CHI), smh=false (w/o SMH), hard_threshold=T (hard mask), importance=fisher (SPG-FI), ewc_gi=LAMBDA (EWC-GI).
+    """SPG soft masks; variants chi=false, smh=false, hard_threshold=T, importance=fisher, ewc_gi=L.
+
+    SPG: Konishi et al., ICML 2023 (soft-masked gradients). The variants: ``chi=false`` (w/o
+    CHI), ``smh=false`` (w/o SMH), ``hard_threshold=T`` (hard mask), ``importance=fisher``
+    (SPG-FI), ``ewc_gi=LAMBDA`` (EWC-GI).
 
     Options (details and deviations in the module docstring): ``backbone`` = None
     (`default_backbone`), ``chi`` = True, ``smh`` = True, ``hard_threshold`` = None (in (0, 1)),

@@ -284,6 +284,10 @@ def test_run_list_names_every_strategy_and_stream(capsys):
     for name in [*strategy_mod.strategy_names(), *STREAMS]:
         assert f"  {name} " in out
     assert "jointnet options trainer" in out
+    # a summary is cut at 100 characters: SPG's names every variant within them
+    spg = next(line for line in out.splitlines() if line.startswith("  spg "))
+    for variant in ("chi=false", "smh=false", "hard_threshold=", "importance=fisher", "ewc_gi="):
+        assert variant in spg, spg
 
 
 def test_options_of_a_strategy_a_stream_and_the_trainer(capsys):

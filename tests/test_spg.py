@@ -150,6 +150,36 @@ def test_single_task_importance_is_abs_tanh_zscore_of_summed_ce_gradients():
     assert all(t.grad is None for t in (store[p.key] for _, p in trunk))  # nothing written
 
 
+def test_node_scope_standardises_each_nodes_tensors_together():
+    """``norm_scope="node"``: one z-score over a node's weight and bias pooled, by hand."""
+    net, store = _net1()
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(12, 6, generator=gen), torch.randint(0, 3, (12,), generator=gen)
+    g = gradient_sums(net, store, "t1", "t1", x, y, batch_size=4)
+    got = task_importance(net, store, "t1", x, y, batch_size=4, scope="node")
+    for (w, b), (iw, ib) in zip([g[0:2], g[2:4]], [got[0:2], got[2:4]]):
+        pooled = torch.cat([w.reshape(-1), b])
+        z = torch.tanh((pooled - pooled.mean()) / pooled.std()).abs()
+        assert torch.allclose(iw.reshape(-1), z[: w.numel()], atol=1e-6)
+        assert torch.allclose(ib, z[w.numel():], atol=1e-6)
+    per_tensor = task_importance(net, store, "t1", x, y, batch_size=4)
+    assert not all(torch.allclose(a, b) for a, b in zip(got, per_tensor))
+
+
+def test_importance_mode_eval_turns_dropout_off():
+    """``importance_mode``: "eval" switches dropout off (two passes agree exactly), "train" keeps
+    it on (its gradients differ from eval's)."""
+    backbone = [TINY[0], TINY[1], {"kind": "dropout", "p": 0.5}, *TINY[2:]]
+    net, store = _net1(SPG(backbone=backbone))
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+    ev = [gradient_sums(net, store, "t1", "t1", x, y, mode="eval") for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*ev))
+    torch.manual_seed(0)
+    tr = gradient_sums(net, store, "t1", "t1", x, y, mode="train")
+    assert not all(torch.allclose(a, b) for a, b in zip(tr, ev[0]))
+
+
 def test_chi_is_at_least_the_own_head_and_the_max_over_heads():
     """Spec §7: CHI at a fixed model state gives gamma^t >= gamma^{t,t} elementwise."""
     s = _stream(2)

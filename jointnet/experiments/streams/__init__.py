@@ -34,7 +34,7 @@ ctrl-long  (Slong)  100 tasks, 5 random classes each in a random label order and
 synthetic           seeded Gaussian class prototypes, no files; any input shape
 split-cifar100      10 tasks x 10 classes from a local CIFAR-100 folder
 cifar100-superclass 20 tasks, one per coarse label, each over its 5 fine classes
-similar-fmnist      N 10-way tasks (10) on disjoint Fashion-MNIST shards, each through its own
+similar-fmnist      N 10-way tasks (5) on disjoint Fashion-MNIST shards, each through its own
                     seeded writer (affine warp + stroke gamma): SPG's similar tasks
 =================== ========================================================================
 
