@@ -207,6 +207,14 @@ def _int_bias(obj):
     t.update(dtype="int32", requires_grad=False, parameter=False)
 
 
+def _float_weight(dtype: str, size: int):
+    def edit(obj):
+        i, t = _tensor(obj, "fc1.weight")
+        t.update(dtype=dtype, nbytes=math.prod(t["shape"]) * size)
+        obj["data"][i] = bytes(t["nbytes"])
+    return edit
+
+
 def _too_few(obj):
     i, t = _tensor(obj, "fc1.weight")
     t["shape"] = [t["shape"][0], t["shape"][1] - 1]
@@ -252,7 +260,9 @@ FORGERIES = {
     "shape bomb in a tensor index": (_bomb_tensor, "at most 8 are allowed"),
     "shape bomb in a parameter": (_bomb_param, "at most 8 are allowed"),
     "weight stored transposed": (_transposed, "the net says [6, 4]"),
-    "bias stored as int32": (_int_bias, "must be floating point"),
+    "bias stored as int32": (_int_bias, "parameters and live masks are float32"),
+    "weight stored as float64": (_float_weight("float64", 8), "has dtype float64; parameters and live masks are float32"),
+    "weight stored as float16": (_float_weight("float16", 2), "has dtype float16; parameters and live masks are float32"),
     "too few elements": (_too_few, "the net says [6, 4]"),
     "a tensor no one references": (_unreferenced, "'zz.stray' is not referenced by the net"),
     "tensor bytes beyond the file": (_oversized, "more than the file's"),

@@ -175,7 +175,7 @@ def _check_index(index: Any, store_obj: Any, size: int) -> list[tuple]:
 
 def _check_tensors(net: JointNet, tensors: dict[str, tuple]) -> None:
     """Every tensor of the file against what the net says of it: a parameter or mask tensor has
-    the shape of its `Param` / `Mask` and a floating dtype (a mask whose init makes packed bits,
+    the shape of its `Param` / `Mask` and dtype float32, the store's (a mask whose init makes packed bits,
     a committed one, is the flat uint8 tensor of ``ceil(numel / 8)`` bytes that holds them); any
     other tensor must be referenced by the net (a `TensorRef`, ...; strategy data, any dtype)."""
     if not tensors:
@@ -197,7 +197,7 @@ def _check_tensors(net: JointNet, tensors: dict[str, tuple]) -> None:
             if m.where is not None:
                 expected[m.where] = (f"`where` set of the {what}", m.shape, "bool")
     refs = referenced_keys(net)
-    rules = {"float": (lambda d: d.is_floating_point, "must be floating point"),
+    rules = {"float": (lambda d: d == torch.float32, "parameters and live masks are float32, as the store makes them"),
              "bits": (lambda d: d == torch.uint8, "committed masks are packed bits (uint8)"),
              "int32": (lambda d: d == torch.int32, "owner maps are int32"),
              "bool": (lambda d: d == torch.bool, "a mask's `where` set is bool")}
