@@ -241,12 +241,13 @@ def _mask_value(store: ParamStore, m) -> torch.Tensor:
     if m.state == "committed":
         from jointnet.execution.store import unpack_bits
 
-        return unpack_bits(store[m.key].detach(), m.shape).float()
-    mv = store[m.key].detach()
-    if m.transform == "sigmoid":
-        mv = torch.sigmoid(mv)
-    elif m.transform in ("hard", "gumbel"):
-        mv = (mv > 0).to(mv.dtype)
+        mv = unpack_bits(store[m.key].detach(), m.shape).float()
+    else:
+        mv = store[m.key].detach()
+        if m.transform == "sigmoid":
+            mv = torch.sigmoid(mv)
+        elif m.transform in ("hard", "gumbel"):
+            mv = (mv > 0).to(mv.dtype)
     if m.where is not None:
         mv = torch.where(store[m.where].bool(), mv, torch.ones_like(mv))
     return mv

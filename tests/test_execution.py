@@ -111,6 +111,22 @@ def test_gate_scale_comes_from_the_call_or_the_task():
         jn.set_context(net, task="t1", values={"gate_scale": float("nan")})
 
 
+def test_a_recorded_context_keeps_what_it_sets_apart_in_both_modes():
+    """A task whose inference context keeps dropout on (MC dropout) keeps it in eval mode, and a
+    frozen-statistics context keeps its BatchNorm in eval mode while training."""
+    layers = [{"kind": "linear", "out_f": 32}, {"kind": "dropout", "p": 0.5}, {"kind": "relu"}]
+    net = backbones.build(layers, input_shape=(8,), task="t1", n_classes=2)
+    store = ParamStore(seed=2).realize(net)
+    x = torch.ones(16, 8)
+    plain = compile_net(net, store, "t1").eval()
+    assert torch.equal(plain(x), plain(x))
+    mc = compile_net(jn.set_context(net, task="t1", values={"dropout": True}), store, "t1").eval()
+    torch.manual_seed(0)
+    assert not torch.equal(mc(x), mc(x))
+    assert Context(True, bn=False).with_training(True).bn is False
+    assert Context(True, bn=False).with_training(False) == Context(False)
+
+
 def test_a_context_is_validated():
     with pytest.raises(CompileError, match="gate_scale"):
         Context(gate_scale=-1.0)

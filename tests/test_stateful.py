@@ -551,12 +551,23 @@ class JointNetMachine(RuleBasedStateMachine):
         extra = {} if kind == "mask" else {"kind": kind}
         if blocks is not None:
             extra["blocks"] = [list(b) for b in blocks]
+        one = blocks if blocks is not None and len(blocks) == 1 else (
+            visible if info is not None and not info.buffer and len(visible) == 1 else None)
+        if ok and one is not None and data.draw(st.booleans(), label="where"):
+            # `where`: a bool set of the mask's shape; the mask acts only on those entries
+            shape = [p.shape for row in self.net.params_for(t, node)[param] for p in row if p.block == one[0]][0]
+            shape = {"param": shape, "kernel": shape[:2], "channel": shape[:1]}[granularity]
+            key = self._fresh("where")
+            g = torch.Generator().manual_seed(len(self.net.log))
+            self.store.put(key, torch.rand(shape, generator=g) > 0.5)
+            extra.update(blocks=[list(one[0])], where=key)
         new = self._apply(rw.attach_mask, node=node, task=t, param=param, granularity=granularity,
                           transform=transform, init=init, acted=() if same else (t,),
                           expect="change" if ok else "error", **extra)
         if new is not None:
             masks = new.node(node).masks_of(t, param, kind)
             assert masks and all(m.state == "live" and m.granularity == granularity for m in masks)
+            assert all(m.where == extra.get("where") for m in masks)
             assert {m.block for m in masks} == set(blocks or visible)
             for m in masks:
                 assert tuple(self.store[m.key].shape) == m.shape

@@ -73,8 +73,17 @@ class Context:
             raise CompileError(f"Context.noise_seed must be an int >= 0 or None; got {self.noise_seed!r}")
 
     def with_training(self, training: bool) -> "Context":
-        """This context in train or eval mode (dropout and bn follow unless set apart)."""
-        return Context(training, gate_scale=self.gate_scale, tau=self.tau, noise_seed=self.noise_seed)
+        """This context in train or eval mode: `dropout` and `bn` follow it unless set apart
+        (differing from `training` here: ``Context(False, dropout=True)`` keeps its dropout).
+
+        >>> Context(False, dropout=True).with_training(False).dropout
+        True
+        >>> Context(False).with_training(True).dropout, Context(True, bn=False).with_training(False).bn
+        (True, False)
+        """
+        dropout = self.dropout if self.dropout != self.training else None
+        bn = self.bn if self.bn != self.training else None
+        return Context(training, dropout, bn, gate_scale=self.gate_scale, tau=self.tau, noise_seed=self.noise_seed)
 
 
 def task_context(net: JointNet, task: str, **overrides: Any) -> Context:
