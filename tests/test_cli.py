@@ -443,6 +443,12 @@ def test_render_task_shows_only_its_masks_and_channels(capsys, tmp_path):
     assert rc == 0 and "mask t2:weight (live)" in text
     assert "mask t1" not in text and "mask t3" not in text and "+2 ch" not in text
     assert "{t1..t3}" in text  # users as a run of tasks
+    # a mask per block (t3 masks its base and its grown channels): one line with the count
+    net = attach_mask(net, node="fc1", task="t3", kind="grown", granularity="channel")
+    path = snapshot.save(tmp_path / "blocks.jn", net, None, tensors=False)
+    rc, _, _ = run(capsys, "render", str(path), "--task", "t3", "-o", str(tmp_path / "t3.dot"))
+    text = (tmp_path / "t3.dot").read_text()
+    assert rc == 0 and "mask t3:weight/grown (live) x2" in text and text.count("mask t3:weight/grown") == 1
 
 
 def test_help_lists_report_and_export(capsys):

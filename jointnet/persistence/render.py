@@ -16,6 +16,8 @@ digraph "jointnet_v5" {
 
 from __future__ import annotations
 
+from collections import Counter
+
 import shutil
 import subprocess
 from pathlib import Path
@@ -107,10 +109,13 @@ def to_dot(net: JointNet, task: str | None = None) -> str:
         for g in node.out_groups:  # channel groups, coloured by the task that owns them
             if task is None or net.group_visible(task, g):  # a task's drawing: the channels it sees
                 lines.append((f"+{g.size} ch ({g.owner})", colors.get(g.owner, "white")))
-        for m in node.masks:
-            if task is None or m.task == task:  # a task's drawing shows only its own masks
-                kind = "" if m.kind == "mask" else f"/{m.kind}"
-                lines.append((f"mask {m.task}:{m.param}{kind} ({m.state})", None))
+        # One line per (task, param, kind, state), with the number of blocks it covers (a GROWN
+        # node holds a mask per grown block: a line each would be ~100 lines); a task's drawing
+        # shows only its own masks.
+        counts = Counter((m.task, m.param, m.kind, m.state) for m in node.masks if task is None or m.task == task)
+        for (t, param, kind, state), c in counts.items():
+            k = "" if kind == "mask" else f"/{kind}"
+            lines.append((f"mask {t}:{param}{k} ({state})" + (f" x{c}" if c > 1 else ""), None))
         if node.cloned_from:
             lines.append((f"clone of {node.cloned_from}", None))
         grouped = bool(node.out_groups)
