@@ -59,6 +59,7 @@ between an untrained net and an independent net, beside the conflicts the guided
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -83,6 +84,7 @@ from jointnet.experiments.strategy import scratch_net  # noqa: E402
 
 STREAMS = ("ctrl-minus", "ctrl-out", "ctrl-in", "split-fmnist", "permuted-fmnist")
 CONTROL = "guided"
+DELTA = 0.55  # the guided arm's delta (the spec's default)
 CONFIG = {"epochs": 2, "batch_size": 32, "lr": 1e-3, "optimizer": "adam"}
 
 
@@ -121,13 +123,18 @@ def grown(run: Run) -> int:
     return sum(run.node_params[n] for n, a in nodes.items() if isinstance(a.get(PROV), dict) and "task" in a[PROV])
 
 
-def matched(seed: int, runs: dict) -> dict:
-    return {"match_params": grown(runs[CONTROL])}
+def control_label(delta: float) -> str:
+    """The guided arm at `delta`: ``guided`` at the default 0.55, ``guided d=0.3`` otherwise."""
+    return CONTROL if delta == DELTA else f"{CONTROL} d={delta:g}"
 
 
-def shuffled(seed: int, runs: dict) -> dict:
+def matched(seed: int, runs: dict, control: str = CONTROL) -> dict:
+    return {"match_params": grown(runs[control])}
+
+
+def shuffled(seed: int, runs: dict, control: str = CONTROL) -> dict:
     """The guided run's bind targets, each task's nucleus on another task's conflict profile."""
-    tasks = runs[CONTROL].annotations["tasks"]
+    tasks = runs[control].annotations["tasks"]
     names = [t for t in tasks if (tasks[t].get(PROV) or {}).get("bound_to")]
     profiles = {t: {s["slot"]: s["conflict"] for s in tasks[t][PROV]["slots"]} for t in names}
     shift = 1 + seed % max(1, len(names) - 1)  # a cyclic shift by 1..n-1 moves every task
@@ -141,25 +148,32 @@ def shuffled(seed: int, runs: dict) -> dict:
 DEPTH_ARMS = ("independent", "finetune", CONTROL, "random (params matched)", "top-k (depth prior)", "bottom-k")
 
 
-def arms(backbone: list, stream: str, which: str) -> list[Arm]:
+def arms(backbone: list, stream: str, which: str, delta: float = DELTA) -> list[Arm]:
+    """The arms at `delta`; away from the default 0.55 every L2BG arm's label ends in ``d=X``
+    and the controls derive from that delta's guided run (independent and finetune come once,
+    with the default)."""
     base = {"backbone": backbone}
-    l2 = {**base, "rsa_samples": None, "delta": 0.55}
+    l2 = {**base, "rsa_samples": None, "delta": delta}
     if stream == "permuted-fmnist":
         l2["head"] = "shared"
+    control = control_label(delta)
+    sfx = "" if delta == DELTA else f" d={delta:g}"
     out = [
         Arm("independent", "independent", base),
         Arm("finetune", "finetune", base),
-        Arm(CONTROL, "l2bg", l2),
-        Arm("random (params matched)", "l2bg-random", {k: v for k, v in l2.items() if k != "delta"}, derive=matched),
-        Arm("top-k (depth prior)", "l2bg", {**l2, "grow_order": "top"}),
-        Arm("bottom-k", "l2bg", {**l2, "grow_order": "bottom"}),
-        Arm("reverse-RSA", "l2bg", {**l2, "grow_order": "reverse"}),
-        Arm("shuffled conflicts", "l2bg", l2, derive=shuffled),
-        Arm("depth-corrected", "l2bg", {**l2, "depth_correction": "subtract"}),
+        Arm(control, "l2bg", l2),
+        Arm("random (params matched)" + sfx, "l2bg-random", {k: v for k, v in l2.items() if k != "delta"},
+            derive=functools.partial(matched, control=control)),
+        Arm("top-k (depth prior)" + sfx, "l2bg", {**l2, "grow_order": "top"}),
+        Arm("bottom-k" + sfx, "l2bg", {**l2, "grow_order": "bottom"}),
+        Arm("reverse-RSA" + sfx, "l2bg", {**l2, "grow_order": "reverse"}),
+        Arm("shuffled conflicts" + sfx, "l2bg", l2, derive=functools.partial(shuffled, control=control)),
+        Arm("depth-corrected" + sfx, "l2bg", {**l2, "depth_correction": "subtract"}),
     ]
     if which == "depth":
-        return [a for a in out if a.label in DEPTH_ARMS]
-    if which == "all":
+        keep = {lb if lb in ("independent", "finetune", CONTROL) else lb + sfx for lb in DEPTH_ARMS}
+        return [a for a in out if a.label in keep or a.label == control]
+    if which == "all" and delta == DELTA:
         out += [
             Arm("guided 1.0x", "l2bg", {**l2, "shared_lr_scale": 1.0}),
             Arm("guided frozen", "l2bg", {**l2, "shared_lr_scale": 0.0}),
@@ -276,6 +290,8 @@ def main(argv=None) -> int:
     p.add_argument("--streams", nargs="+", default=list(STREAMS), choices=STREAMS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--arms", choices=("all", "core", "depth"), default="all")
+    p.add_argument("--deltas", type=float, nargs="+", default=[DELTA],
+                   help="the controls at each of these deltas (the 1.0x / frozen / LwF / d=0 arms only at 0.55)")
     p.add_argument("--noise-seeds", type=int, nargs="*", default=None, help="seeds of the noise floor (default: --seeds)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--gain", action="store_true", help="add the accuracy-relative gain against independent nets")
@@ -289,14 +305,17 @@ def main(argv=None) -> int:
           f"arms {args.arms}, config {CONFIG}\n", flush=True)
     t0 = time.perf_counter()
     for name in args.streams:
-        arm_list = arms(layers, name, args.arms)
+        per_delta = [arms(layers, name, args.arms, d) for d in args.deltas]
+        arm_list = list({a.label: a for group in per_delta for a in group}.values())
         grid = run_grid(arm_list, {name: stream_options(name)}, out=out, seeds=args.seeds, config=CONFIG,
                         echo=lambda m: print(m, file=sys.stderr, flush=True))
         labels = [a.label for a in arm_list]
         n = len(get_stream(name, seed=args.seeds[0], **stream_options(name)).tasks)
-        print(f"### {name} ({n} tasks), {args.backbone}, {len(args.seeds)} seeds\n")
         metrics = ["AP", "BWT", "params"] + ([gain_metric()] if args.gain else [])
-        print(table(grid, name, control=CONTROL, metrics=metrics, labels=labels))
+        for d, group in zip(args.deltas, per_delta):
+            print(f"### {name} ({n} tasks), {args.backbone}, {len(args.seeds)} seeds, controls at delta {d:g}\n")
+            print(table(grid, name, control=control_label(d), metrics=metrics, labels=[a.label for a in group]))
+            print()
         if "d=0 0.1x" in labels:
             print(f"\nFull sharing (delta 0), against d=0 0.1x:\n")
             print(table(grid, name, control="d=0 0.1x", metrics=["AP", "BWT"],
