@@ -73,6 +73,14 @@ def cifar100_superclass(
     The fine -> coarse map is read from the data (and checked to be a function); tasks follow
     coarse labels 0..19, or a seeded order with ``shuffle_tasks``; labels follow ascending fine
     class id. ``metadata["superclass"]`` names the coarse label.
+
+    Args:
+        n_tasks: the first `n_tasks` coarse labels (1..20) in task order.
+        shuffle_tasks: order the coarse labels by the seed instead of 0..19.
+        n_train_per_task: training images drawn per task (balanced over its 5 classes) before
+            the validation split; None: all 2500.
+        n_test_per_task: test images per task (balanced); None: all 500.
+        val_fraction: share of each class's training images held out for validation.
     """
     _int("n_tasks", n_tasks, 1, 20)
     sample = _sample_options(n_train_per_task, n_test_per_task, val_fraction)

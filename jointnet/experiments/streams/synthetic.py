@@ -43,6 +43,15 @@ def synthetic(
     ``clamp(prototype + noise * N(0, 1), 0, 1)``. ``classes`` are global ids ``i * k + j``.
     With ``repeat_first`` the last task reuses t1's prototypes (fresh samples) and records
     ``repeats="t1"``. `data_dir` is ignored. ``input_shape`` may be flat, e.g. ``(784,)``.
+
+    Args:
+        n_tasks: number of tasks (>= 1).
+        classes_per_task: classes per task (>= 1); labels 0..k-1.
+        n_train_per_class: training images per class (>= 1).
+        n_val_per_class: validation images per class (>= 0).
+        n_test_per_class: test images per class (>= 1).
+        noise: the standard deviation of the Gaussian noise around each prototype (>= 0).
+        repeat_first: the last task repeats t1's classes (its prototypes, fresh samples).
     """
     _int("n_tasks", n_tasks, 1)
     _int("classes_per_task", classes_per_task, 1)
