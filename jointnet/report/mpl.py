@@ -69,7 +69,7 @@ def heatmap(names: list[str], R: list[list[float]], title: str = "") -> str:
                         color="black" if R[i][j] > 0.6 else "white")
     if title:
         ax.set_title(title)
-    return _img(fig, f"accuracy matrix {title}")
+    return _img(fig, title or "accuracy matrix")
 
 
 def curves(names: list[str], R: list[list[float]], title: str = "") -> str:
@@ -92,7 +92,7 @@ def curves(names: list[str], R: list[list[float]], title: str = "") -> str:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     if title:
         ax.set_title(title)
-    return _img(fig, f"accuracy curves {title}")
+    return _img(fig, title or "accuracy curves")
 
 
 def bars(names: list[str], series: dict[str, list[int]], colors: dict[str, str], title: str = "",
@@ -113,4 +113,4 @@ def bars(names: list[str], series: dict[str, list[int]], colors: dict[str, str],
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     if title:
         ax.set_title(title)
-    return _img(fig, f"{ylabel} per task {title}")
+    return _img(fig, title or f"{ylabel} per task")
