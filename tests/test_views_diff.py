@@ -32,8 +32,9 @@ from jointnet.graph import (
     set_lr_scale,
     widen,
 )
+from jointnet.persistence.capacity import capacity
 from jointnet.persistence.views import (
-    call_summary, capacity, history, param_counts, sharing, short_value, summary, task_params, task_runs, usage,
+    call_summary, history, param_counts, sharing, short_value, summary, task_params, task_runs, usage,
 )
 
 # mlp(4, [8]) with a 2-class head for t1:

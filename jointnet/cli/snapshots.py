@@ -236,7 +236,7 @@ def _usage_lines(usage: list[dict], order: list[str]) -> list[str]:
 
 
 def format_capacity(cap: dict[str, Any] | None, order: list[str]) -> list[str]:
-    """Text for `views.capacity`: a line per tensor and gate (at most 20 each), then what each
+    """Text for `capacity.capacity`: a line per tensor and gate (at most 20 each), then what each
     task uses and owns (a line per task up to `TASK_LINES` tasks, else min / median / max)."""
     if not cap:
         return []
@@ -284,7 +284,7 @@ def format_inspect(summ: dict[str, Any], shared: list[dict[str, list[str]]] | No
                    *, usage: list[dict] | None = None, capacity: dict[str, Any] | None = None,
                    full: bool = False) -> str:
     """Text for ``jointnet inspect`` from `views.summary`, `views.usage` (groups of nodes by the
-    tasks that use them; default: from the summary) and `views.capacity`. `shared` (the older
+    tasks that use them; default: from the summary) and `capacity.capacity`. `shared` (the older
     `views.sharing` groups) is accepted and unused: `usage` covers it. Bounded for many tasks
     unless `full` (see the module docstring)."""
     order = [t["name"] for t in summ["tasks"]]
@@ -369,7 +369,8 @@ def _short_value(v: Any) -> str:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from jointnet.persistence.views import capacity, method_views, sharing, summary, task_params, usage
+    from jointnet.persistence.capacity import capacity
+    from jointnet.persistence.views import method_views, sharing, summary, task_params, usage
 
     net, store = _load(args.snapshot, tensors=True)
     summ = summary(net)

@@ -9,7 +9,7 @@ Sections: a table of the metrics across runs (runs differing only in their seed 
 mean ± sd and the Student-t 95% CI, `jointnet.experiments.stats.summary`), then per run the
 accuracy-matrix heat map, the accuracy curves per task, parameters per task (owned / shared /
 reused from other tasks, from the last snapshot: `jointnet.persistence.views.task_params`), the
-capacity of mask methods (`views.capacity`), the architecture of each task's route as SVG (at
+capacity of mask methods (`jointnet.persistence.capacity`), the architecture of each task's route as SVG (at
 most `ARCH_TASKS` tasks: the first, the last and evenly spaced ones) and the condensed rewrite
 log (`views.call_summary`, at most `LOG_LINES` records shown).
 """
@@ -141,7 +141,7 @@ def _params_section(r: RunData, charts) -> str:
 
 
 def _capacity_section(r: RunData) -> str:
-    from jointnet.persistence.views import capacity
+    from jointnet.persistence.capacity import capacity
 
     if r.store is None:
         return ""
