@@ -434,8 +434,11 @@ class JointNetMachine(RuleBasedStateMachine):
         """add_node(route=False): a node beside `node` on `t`'s route, fed as `node` is, that no
         task uses until a reroute sends one through it (of the same kind, or a generated conv
         for a plain one)."""
+        # Beside nodes whose width no channel group changes: an alternative is a plain layer of
+        # the width `t` sees, so it could not follow a later compact of a group it was built over.
         picks = [(t, n) for t, n in self._on_route({"Conv2d", "Linear", "ReLU"})
-                 if len(self.net.inputs_of(n, t)) == 1]
+                 if len(self.net.inputs_of(n, t)) == 1 and self.net.effective_spec(t, n) == self.net.node(n).spec
+                 and not self.net.node(n).in_groups and not self.net.node(n).out_groups]
         if not picks:
             return
         t, n = data.draw(st.sampled_from(picks), label="task_node")
