@@ -37,8 +37,8 @@ and returns (gain, params). Search-space options (`SearchSpec`):
   multi-objective TPE).
 
 Trials run in parallel worker processes that share one Optuna study through a journal file
-(`optuna.storages.JournalStorage` over `optuna.storages.journal.JournalFileBackend`: safe for
-several processes, unlike SQLite). The independent nets do not depend on the sequence, so they
+(`strategies.trials`: `optuna.storages.JournalStorage` over a file backend, safe for several
+processes, unlike SQLite). The independent nets do not depend on the sequence, so they
 are trained once and cached as snapshots next to the journal (`L2BG` option ``cache_dir``).
 
 Command line (a worker per process; the Pareto front is printed as a markdown table)::
@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +68,7 @@ from jointnet.experiments.strategy import Strategy, get
 from jointnet.experiments.trainer import TrainConfig
 from jointnet.graph.net import JointNet
 from jointnet.persistence.views import param_counts
+from strategies import trials
 from strategies.l2bg import grow_sequence, net_gain
 
 __all__ = [
@@ -77,7 +77,7 @@ __all__ = [
     "population_size", "open_study", "work", "search", "pareto", "format_pareto", "main",
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = trials.ROOT
 
 
 # ---- running a stream in memory -------------------------------------------------------------
@@ -251,7 +251,7 @@ def population_size(n_trials: int) -> int:
 
 def make_sampler(kind: str, n_trials: int, seed: int | None = None):
     """The Optuna sampler: ``nsga2`` (population sized to the budget) or ``tpe``."""
-    import optuna
+    optuna = trials.optuna_module()
 
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=population_size(n_trials), seed=seed)
@@ -260,24 +260,9 @@ def make_sampler(kind: str, n_trials: int, seed: int | None = None):
     raise ValueError(f"sampler must be 'nsga2' or 'tpe' (got {kind!r})")
 
 
-def _storage(journal: str):
-    from optuna.storages import JournalStorage
-
-    try:
-        from optuna.storages.journal import JournalFileBackend  # optuna >= 4.0
-    except ImportError:  # optuna 3.x
-        from optuna.storages import JournalFileStorage as JournalFileBackend
-
-    Path(journal).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(journal)))
-
-
 def open_study(spec: SearchSpec, sampler=None):
     """Create or load the spec's study in its journal (directions: maximise gain, minimise params)."""
-    import optuna
-
-    return optuna.create_study(study_name=spec.study_name, storage=_storage(spec.journal), sampler=sampler,
-                               directions=["maximize", "minimize"], load_if_exists=True)
+    return trials.open_study(spec.journal, spec.study_name, sampler=sampler, directions=["maximize", "minimize"])
 
 
 def _cache_dir(spec: SearchSpec) -> str:
@@ -286,10 +271,9 @@ def _cache_dir(spec: SearchSpec) -> str:
 
 def work(spec: SearchSpec, n_trials: int, worker: int = 0, echo: Callable[[str], Any] | None = None):
     """Run `n_trials` trials of the spec's study in this process (one search worker)."""
-    import optuna
     from jointnet.experiments.streams import get_stream
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials.quiet()
     stream = get_stream(spec.stream, seed=spec.seed, **spec.stream_options)
     names = [t.name for t in stream.tasks]
     config = TrainConfig(**{**spec.config, "seed": spec.seed})
@@ -335,9 +319,7 @@ def search(spec: SearchSpec, workers: int = 1, *, threads: int | None = None,
     The trial budget is split evenly between the workers (each runs its share), so every worker
     contributes. With ``workers == 1`` the trials run in this process.
     """
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials.quiet()
     open_study(spec)  # create it once, before workers race to
     if workers <= 1:
         if threads:
@@ -346,17 +328,9 @@ def search(spec: SearchSpec, workers: int = 1, *, threads: int | None = None,
         return open_study(spec)
     spec_path = Path(spec.journal).with_suffix(".spec.json")
     spec_path.write_text(spec.to_json())
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    procs = []
-    for w, n in enumerate(_split(spec.n_trials, workers)):
-        if n == 0:
-            continue
-        cmd = [sys.executable, "-m", "strategies.l2bg_search", "--spec", str(spec_path), "--worker-id", str(w),
-               "--worker-trials", str(n), "--threads", str(threads or 1)]
-        procs.append(subprocess.Popen(cmd, env=env, cwd=str(ROOT),
-                                      stdout=None if echo is not None else subprocess.DEVNULL))
-    codes = [p.wait() for p in procs]
+    argvs = [["--spec", spec_path, "--worker-id", w, "--worker-trials", n, "--threads", threads or 1]
+             for w, n in enumerate(_split(spec.n_trials, workers)) if n]
+    codes = trials.run_workers("strategies.l2bg_search", argvs, show_output=echo is not None)
     if any(codes):
         raise RuntimeError(f"search workers failed with exit codes {codes}")
     return open_study(spec)

@@ -854,3 +854,17 @@ def test_nothing_to_train_is_skipped_not_an_error():
                    options={"backbone": MLP, "delta": 0.0, "shared_lr_scale": 0.0, "head": "shared"})
     assert r.matrix[1][0] == r.matrix[0][0]  # t1 untouched
     assert node_versions(r.net) == {"fc1": 1, "fc2": 1, "fc3": 1, "head.t1": 1}
+
+
+def test_search_without_optuna_is_one_clear_error(monkeypatch):
+    """Optuna is the optional ``search`` extra: without it a search says how to install it."""
+    import sys
+
+    from jointnet.errors import JointNetError
+    from strategies import trials
+    from strategies.l2bg_search import make_sampler
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
+    for call in (trials.quiet, lambda: make_sampler("tpe", 8), lambda: trials.open_study("/nonexistent/j.log", "s")):
+        with pytest.raises(JointNetError, match=r"pip install 'jointnet\[search\]'"):
+            call()
