@@ -172,7 +172,7 @@ def replay_sequence(
 # ---- the search -----------------------------------------------------------------------------
 
 
-@attrs.define
+@attrs.frozen
 class SearchSpec:
     """Everything a search worker needs; saved as JSON next to the journal."""
 
