@@ -36,6 +36,9 @@ split-cifar100      10 tasks x 10 classes from a local CIFAR-100 folder
 cifar100-superclass 20 tasks, one per coarse label, each over its 5 fine classes
 similar-fmnist      N 10-way tasks (5) on disjoint Fashion-MNIST shards, each through its own
                     seeded writer (affine warp + stroke gamma): SPG's similar tasks
+lowlevel-fmnist     N tasks (5), one 5-way problem (seeded classes) on fresh images per task,
+                    each through its own fixed low-level transform (identity, invert, blur,
+                    randconv, patchperm): LASEM's known answer
 =================== ========================================================================
 
 **CTrL from Fashion-MNIST alone.** CTrL (Veniat et al., ICLR'21; PAR spec §5) builds its short
@@ -83,6 +86,7 @@ from jointnet.experiments.streams.transforms import TRANSFORMS, permute_pixels, 
 # isort: off
 from jointnet.experiments.streams import fmnist, ctrl, synthetic, cifar  # noqa: F401
 from jointnet.experiments.streams import similar  # noqa: F401  (similar-fmnist: SPG's similar tasks)
+from jointnet.experiments.streams import lowlevel  # noqa: F401  (lowlevel-fmnist: LASEM's known-answer stream)
 # isort: on
 
 __all__ = [
