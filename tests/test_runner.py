@@ -282,3 +282,37 @@ def test_a_deeply_nested_run_json_is_refused_without_a_traceback(tmp_path, capsy
     assert main(["run", "--resume", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a valid run description" in err and "Traceback" not in err
+
+
+def test_early_stopping_restores_the_best_epochs_batchnorm_statistics_with_its_weights():
+    """The best epoch is its weights and the BatchNorm running statistics they were trained with:
+    restoring one without the other gives a net that was never evaluated."""
+    import torch
+
+    from jointnet import backbones
+    from jointnet.execution.store import ParamStore
+    from jointnet.experiments.trainer import TrainConfig, TrainProgress, train_task
+
+    class Snap(TrainProgress):
+        def __init__(self, store, keys):
+            self.store, self.keys, self.at = store, keys, []
+
+        def epoch(self, task, epoch, epochs, entry):
+            self.at.append((entry["val_acc"], {k: self.store[k].detach().clone() for k in self.keys}))
+
+    layers = [{"kind": "linear", "out_f": 16}, {"kind": "bn"}, {"kind": "relu"}]
+    net = backbones.build(layers, input_shape=(6,), task="t1", n_classes=3)
+    store = ParamStore(seed=0).realize(net)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 6, generator=g), torch.randint(0, 3, (60,), generator=g)
+    xv, yv = torch.randn(30, 6, generator=g), torch.randint(0, 3, (30,), generator=g)
+    keys = [p.key for p in net.node("bn1").params]
+    assert {k.split("@")[0] for k in keys} >= {"bn1.running_mean", "bn1.running_var"}
+    seen = Snap(store, keys)
+    config = TrainConfig(epochs=8, batch_size=16, lr=0.5, patience=3, threads=1)
+    train_task(net, store, "t1", (x, y), (xv, yv), config, progress=seen)
+    vals = [v for v, _ in seen.at]
+    best = vals.index(max(vals))
+    assert best < len(vals) - 1  # training went on past the best epoch: restoring matters
+    for k in keys:
+        assert torch.equal(store[k], seen.at[best][1][k]), k

@@ -10,9 +10,10 @@
   through a multi-task forward).
 - Optimizers: SGD, Adam, RMSprop. A loss that is not finite stops training with an error naming
   task, epoch and batch (``allow_nonfinite`` lets it go on).
-- Early stopping on validation accuracy keeps the best weights of the tensors being trained; LR
-  schedules: none, cosine, step, or plateau (divide by `lr_factor` after `lr_patience` epochs
-  without improvement, stop below `min_lr`, as HAT's and PackNet's code do).
+- Early stopping on validation accuracy keeps the best weights of the tensors being trained (and
+  the BatchNorm running statistics of that epoch); LR schedules: none, cosine, step, or plateau
+  (divide by `lr_factor` after `lr_patience` epochs without improvement, stop below `min_lr`, as
+  HAT's and PackNet's code do).
 - CPU runs are deterministic for a fixed seed and thread count: shuffling uses a generator
   seeded from (seed, task), never the global RNG. The thread count matters: parallel reductions
   (convolutions, large sums) round differently with 1 and 2 threads, so the same seed gives the
@@ -307,6 +308,8 @@ def _train(net, store, task, train, val, config: TrainConfig, hooks: Hooks | Non
     if not groups:
         raise JointNetError(f"train_task: every node of task {task!r} is frozen; nothing to train")
     params = [p for g in groups for p in g["params"]]
+    # the best epoch is its weights and the BatchNorm statistics that went with them
+    buffers = _route_buffers(net, store, task)
     opt = _optimizer(config, groups)
     base_lrs = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + task_index)
@@ -374,7 +377,7 @@ def _train(net, store, task, train, val, config: TrainConfig, hooks: Hooks | Non
                 if v > best_val:
                     best_val, bad_epochs, plateau_bad = v, 0, 0
                     if config.patience is not None or config.schedule == "plateau":
-                        best_state = [p.detach().clone() for p in params]
+                        best_state = [p.detach().clone() for p in params + buffers]
                 else:
                     bad_epochs += 1
                     plateau_bad += 1
@@ -382,15 +385,31 @@ def _train(net, store, task, train, val, config: TrainConfig, hooks: Hooks | Non
                     lr_mult /= config.lr_factor
                     plateau_bad = 0
                     if best_state is not None:
-                        _restore(params, best_state)
+                        _restore(params + buffers, best_state)
                     if config.lr * lr_mult < config.min_lr:
                         break
                 if config.patience is not None and bad_epochs >= config.patience:
                     break
     if best_state is not None:
-        _restore(params, best_state)
+        _restore(params + buffers, best_state)
     result.best_val = best_val if best_val >= 0 else None
     return result
+
+
+def _route_buffers(net, store, task) -> list[torch.Tensor]:
+    """The buffers (BatchNorm running statistics) `task`'s route uses, each once: training in
+    train mode updates them, so restoring the best epoch restores them too."""
+    out, seen = [], set()
+    for n in net.route(task):
+        infos = net.effective_spec(task, n).params()
+        for name, rows in net.params_for(task, n).items():
+            if infos[name].buffer:
+                for row in rows:
+                    for p in row:
+                        if p.key not in seen and p.key in store:
+                            seen.add(p.key)
+                            out.append(store[p.key])
+    return out
 
 
 @torch.no_grad()
