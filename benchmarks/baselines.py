@@ -11,14 +11,14 @@ benchmark continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 import torch
 
-from jointnet.experiments.runner import RunSpec, resume, run
+from _common import run_or_resume
+from jointnet.experiments.runner import RunSpec
 
 STRATEGIES = ("finetune", "independent", "frozen", "ewc", "lwf", "hat", "pnn", "packnet")
 STREAMS = ("split-fmnist", "permuted-fmnist")
@@ -26,16 +26,11 @@ STREAMS = ("split-fmnist", "permuted-fmnist")
 
 def _one(strategy: str, stream: str, seed: int, args) -> dict:
     out = Path(args.out) / stream / strategy / f"seed{seed}"
-    if (out / "results.json").exists():
-        done = json.loads((out / "results.json").read_text())
-        if done["done"] == len(done["tasks"]):
-            return done
-        return resume(out, echo=lambda m: None)
     opts = {"n_tasks": 5, "n_test_per_task": args.n_test}
     if args.n_train:
         opts["n_train_per_task"] = args.n_train
     spec = RunSpec(strategy, stream, seed=seed, stream_options=opts, config={"epochs": args.epochs})
-    return run(spec, out, echo=lambda m: None)
+    return run_or_resume(out, spec)
 
 
 def _fmt(values: list[float], spec: str, sd_spec: str = ".4f") -> str:

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from jointnet import backbones
-from jointnet.experiments.runner import RunSpec, resume, run
+from _common import run_or_resume
+from jointnet.experiments.runner import RunSpec
 from jointnet.experiments.stats import paired, summary
 from jointnet.persistence.views import param_counts
 from strategies.grown import lenet
@@ -80,16 +81,10 @@ def _options(label: str, stream: str, args) -> tuple[str, dict]:
 
 def _one(label: str, stream: str, seed: int, args) -> dict:
     out = Path(args.out) / stream / ROWS[label][0] / f"seed{seed}"
-    results = out / "results.json"
-    if results.exists():
-        done = json.loads(results.read_text())
-        if done["done"] == len(done["tasks"]):
-            return done
-        return resume(out, echo=lambda m: None)
     strategy, options = _options(label, stream, args)
     spec = RunSpec(strategy, stream, seed=seed, strategy_options=options,
                    stream_options=dict(args.streams[stream]), config=_config(strategy, args))
-    return run(spec, out, echo=lambda m: None)
+    return run_or_resume(out, spec)
 
 
 def _full_params(n_classes: int) -> int:

@@ -317,14 +317,14 @@ def main(argv=None) -> int:
             print(table(grid, name, control=control_label(d), metrics=metrics, labels=[a.label for a in group]))
             print()
         if "d=0 0.1x" in labels:
-            print(f"\nFull sharing (delta 0), against d=0 0.1x:\n")
+            print("\nFull sharing (delta 0), against d=0 0.1x:\n")
             print(table(grid, name, control="d=0 0.1x", metrics=["AP", "BWT"],
                         labels=["finetune"] + [lb for lb in labels if lb.startswith("d=0")]))
         if name.startswith("ctrl"):
             print("\nKnown answer (t6 repeats t1):\n")
             print(known_answers(name, grid, [lb for lb in labels if lb not in ("independent", "finetune")]))
         floor = noise_floor(name, layers, args.noise_seeds if args.noise_seeds is not None else args.seeds, out)
-        print(f"\nRSA noise floor and measured conflicts, per slot (mean ± sd over tasks t2.. and seeds):\n")
+        print("\nRSA noise floor and measured conflicts, per slot (mean ± sd over tasks t2.. and seeds):\n")
         print(noise_table(name, floor, grid))
         print(flush=True)
     print(f"total {time.perf_counter() - t0:.0f}s")

@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header  # noqa: E402
+from _common import header, run_or_resume  # noqa: E402
 
-from jointnet.experiments.runner import RunSpec, resume, run  # noqa: E402
+from jointnet.experiments.runner import RunSpec  # noqa: E402
 from jointnet.experiments.stats import paired, summary  # noqa: E402
 from jointnet.experiments.streams import get_stream  # noqa: E402
 from jointnet.persistence import snapshot  # noqa: E402
@@ -56,17 +56,12 @@ ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 
 def _one(strategy: str, stream: str, seed: int, args) -> dict:
     out = Path(args.out) / stream / strategy / f"seed{seed}"
-    if (out / "results.json").exists():
-        done = json.loads((out / "results.json").read_text())
-        if done["done"] == len(done["tasks"]):
-            return done
-        return resume(out, echo=lambda m: None)
     name, opts = VARIANTS.get(strategy, (strategy, {}))
     spec = RunSpec(name, stream, seed=seed, strategy_options=opts,
                    stream_options={"n_test_per_class": args.n_test_per_class}, config={"epochs": args.epochs})
     t0 = time.perf_counter()
-    res = run(spec, out, echo=lambda m: None)
-    print(f"  ran {stream} {strategy} seed {seed} in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+    res = run_or_resume(out, spec)
+    print(f"  {stream} {strategy} seed {seed}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
     return res
 
 
