@@ -9,6 +9,12 @@ The public API, by sub-package (each readable top-down):
 - `jointnet.cli`: the ``jointnet`` command line.
 """
 
+import warnings
+
+# torch warns on first use when NumPy is missing; jointnet never converts to NumPy, and NumPy is
+# not a dependency (the base install has none), so this one message would be noise on every command.
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
+
 from jointnet.errors import (
     CompileError,
     InvariantError,
