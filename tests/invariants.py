@@ -125,7 +125,12 @@ def assert_execution_api_matches(net: JointNet, store: ParamStore, x: torch.Tens
                 task_shapes(net, swapped)
             except InvariantError:
                 continue  # the source has changed shape since (a widen)
-            m = compile_net(net, store, swapped)
+            try:
+                m = compile_net(net, store, swapped)
+            except CompileError as e:
+                # a generated conv's per-task tensors exist only for tasks routed through it
+                assert "none of its own" in str(e), e
+                continue
             m.eval()
             ref = reference_forward(net, store, swapped, x)
             assert torch.allclose(m(x), ref, rtol=1e-5, atol=1e-6), f"view {swapped.name} differs from the oracle"

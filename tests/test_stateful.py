@@ -59,6 +59,8 @@ def _widen_ok(net, node: str) -> bool:
         kind = net.node(n).kind
         if kind in ("Add", "Concat") or (kind == "Conv2d" and net.node(n).spec.groups != 1):
             return False
+        if net.node(n).spec.channels == "none":  # e.g. a generated conv: growth cannot pass it
+            return False
         if kind in _CHANNEL_PASSING:
             stack.extend(net.graph.successors(n))
     return True
