@@ -19,13 +19,17 @@ Sections (``--sections``):
   fused E-step (default), LASEM with a separate E-step call (its share of the step), the M-step
   alone, and LASEM with every configuration run as its own module (no shared prefixes);
   (2) per task, the CPU seconds of the accuracy runs' steps (training, per-epoch validation,
-  commit), LASEM / static All (same data and epochs).
+  commit), LASEM / static All (same data and epochs), for the default LASEM and for ``settle`` =
+  1 and 5 (the EM stops once argmax prior has held that many mini-batches; ours), with the
+  latter's AP against the default LASEM (paired) in a table of its own (``print_settle``; the
+  accuracy section's ``(settle=K)`` rows, e.g. ``--only "settle="``).
 - ``accuracy``: ``lowlevel-fmnist`` (the known-answer stream: same classes, each task its own
   low-level transform; sharing the top convs and owning the bottom ones should win) and
   ``split-fmnist``: AP (mean final test accuracy), peak (mean accuracy right after each task),
   BWT, forgetting ratio (mean over t < T of final / peak accuracy, spec §4 [I]), and the masks
   LASEM picks, for LASEM on each base (the default Eq. 1 prior and mean likelihood; the
-  posterior-mean prior; the product likelihood), the static All / Top-2 / Bottom-2 of each base,
+  posterior-mean prior; the product likelihood; ``settle`` = 1 and 5), the static All / Top-2 /
+  Bottom-2 of each base,
   independent nets and fine-tuning; then a summary of LASEM's paired differences from its
   references. Mean ± 95% CI (Student t, `jointnet.experiments.stats`) over seeds.
 - ``brute``: ``lasem-brute`` (HPS) on the known-answer stream against LASEM-HPS: AP, time, the
@@ -74,6 +78,7 @@ from strategies.lasem_graph import Template, build_column, config_view, e_view, 
 TEMPLATE = {"channels": [16, 16, 32, 32], "pools": [2, 2, 2, 1], "fc": [64], "init": "torch"}
 BASES = ("hps", "tf", "dfcnn")
 STATIC = ("all", "top2", "bottom2")
+SETTLE = (1, 5)  # the ``settle`` values benchmarked (ours: the EM stops once argmax prior holds)
 
 
 def ci(values, spec=".3f") -> str:
@@ -173,8 +178,10 @@ def run_one(name: str, options: dict, stream, config, seed: int) -> dict:
         if a.get("posterior") is not None:
             am = store[a["posterior"].key].argmax(1)
             locked.append(bool((am == am[0]).all()))
+    settled = [a.get("settled") for a in anns]
     return {"AP": m["AP"], "BWT": m.get("BWT"), "peak": statistics.fmean(peak), "ratio": ratio, "wall": wall,
-            "cpu": strategy.cpu, "step_wall": strategy.wall, "masks": masks, "locked": locked, "matrix": matrix}
+            "cpu": strategy.cpu, "step_wall": strategy.wall, "masks": masks, "locked": locked, "matrix": matrix,
+            "settled": settled}
 
 
 # ---- accuracy --------------------------------------------------------------------------------------
@@ -186,6 +193,8 @@ def methods() -> list[tuple[str, str, dict]]:
              for b in BASES]
     rows += [(f"LASEM-{b.upper()} (product likelihood)", f"lasem-{b}", {**TEMPLATE, "likelihood": "product"})
              for b in BASES]
+    rows += [(f"LASEM-{b.upper()} (settle={k})", f"lasem-{b}", {**TEMPLATE, "settle": k})
+             for k in SETTLE for b in BASES]
     for b in BASES:
         rows += [(f"{b.upper()} {s}", f"lasem-{b}", {**TEMPLATE, "config": s}) for s in STATIC]
     rows += [("independent", "independent", {"backbone": backbone()}), ("finetune", "finetune", {"backbone": backbone()})]
@@ -359,6 +368,11 @@ def print_cost(rows: dict) -> None:
               f"{med['LASEM per path (no shared prefixes)'] / s:.2f}x |")
 
 
+def _task_ratio(lasem: list, static: list, key: str) -> list:
+    """Per seed, the mean over tasks of LASEM's seconds / static All's (same data and epochs)."""
+    return [statistics.fmean(a / s for a, s in zip(r1[key], r2[key])) for r1, r2 in zip(lasem, static)]
+
+
 def print_wall_ratio(results: dict, key: str = "cpu") -> None:
     acc = results.get("accuracy", {})
     what = "CPU seconds" if key == "cpu" else "wall seconds"
@@ -367,12 +381,49 @@ def print_wall_ratio(results: dict, key: str = "cpu") -> None:
     print("| stream | HPS | TF | DF-CNN |")
     print("|---|---|---|---|")
     for sname, res in acc.items():
-        cells = []
+        for variant in ("",) + tuple(f" (settle={k})" for k in SETTLE):
+            cells = []
+            for b in BASES:
+                ratios = _task_ratio(res.get(f"LASEM-{b.upper()}{variant}", []), res.get(f"{b.upper()} all", []), key)
+                cells.append(ci(ratios, ".2f") + "x" if ratios else "-")
+            if variant and cells.count("-") == len(cells):
+                continue
+            print(f"| {sname}{variant} | " + " | ".join(cells) + " |")
+    print_settle(results, key)
+
+
+def print_settle(results: dict, key: str = "cpu") -> None:
+    """``settle`` against the default LASEM (the EM on every mini-batch): cost per task relative
+    to static All, AP and its paired difference from the default, the batch the EM settled at,
+    and how many tasks committed the default's mask."""
+    rows = []
+    for sname, res in results.get("accuracy", {}).items():
         for b in BASES:
-            lasem, static = res.get(f"LASEM-{b.upper()}", []), res.get(f"{b.upper()} all", [])
-            ratios = [statistics.fmean(a / s for a, s in zip(r1[key], r2[key])) for r1, r2 in zip(lasem, static)]
-            cells.append(ci(ratios, ".2f") + "x" if ratios else "-")
-        print(f"| {sname} | " + " | ".join(cells) + " |")
+            full, static = res.get(f"LASEM-{b.upper()}", []), res.get(f"{b.upper()} all", [])
+            for k in SETTLE:
+                rs = res.get(f"LASEM-{b.upper()} (settle={k})")
+                if not rs:
+                    continue
+                n, m = min(len(rs), len(full)), min(len(rs), len(static))
+                same = [m == f for r, d in zip(rs[:n], full[:n]) for m, f in zip(r["masks"], d["masks"])]
+                settled = [s for r in rs for s in r.get("settled", [])]
+                done = [s for s in settled if s is not None]
+                rows.append(
+                    f"| {sname} | {b.upper()} | {k} | {ci(_task_ratio(rs, static, key), '.2f')}x | "
+                    f"{ci(_task_ratio(full, static, key), '.2f')}x | {ci([r['AP'] for r in rs])} | "
+                    f"{ci_paired([r['AP'] for r in rs[:n]], [d['AP'] for d in full[:n]]) if n else '-'} | "
+                    f"{ci_paired([r['AP'] for r in rs[:m]], [s['AP'] for s in static[:m]]) if m else '-'} | "
+                    f"{len(done)} of {len(settled)}, batch {min(done) if done else '-'}-{max(done) if done else '-'} | "
+                    f"{sum(same)} of {len(same)} |")
+    if not rows:
+        return
+    what = "CPU seconds" if key == "cpu" else "wall seconds"
+    print(f"\n### settle: the EM stops once argmax prior has held K mini-batches ({what} per task / static All)\n")
+    print("| stream | base | K | per task / static All | default LASEM / static All | AP | AP - default LASEM "
+          "(paired) | AP - static All (paired) | tasks settled, at batch | tasks committing the default's mask |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(row)
 
 
 # ---- brute force ---------------------------------------------------------------------------------
@@ -452,7 +503,8 @@ def print_summary(results: dict) -> None:
         print(f"\n### Summary on {sname}: LASEM minus each reference, AP (final), paired over seeds\n")
         print("| LASEM | AP | - static All | - best static (which) | - independent | - finetune | forgetting ratio |")
         print("|---|---|---|---|---|---|---|")
-        for variant in ("", " (posterior-mean prior)", " (product likelihood)"):
+        variants = ("", " (posterior-mean prior)", " (product likelihood)") + tuple(f" (settle={k})" for k in SETTLE)
+        for variant in variants:
             for b in BASES:
                 _summary_row(res, b, variant)
 

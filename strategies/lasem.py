@@ -58,6 +58,18 @@ E-step), so LASEM and its static counterparts differ only in the EM.
 - ``e_step`` = ``fused``: the E-step's forward shares the M-step's call (exact: the E views
   skip only the dropout), or ``separate``: its own no-grad call first, as the authors' code
   does (same posteriors, more compute) [ours].
+- ``settle`` = None: None runs the EM on every mini-batch of the task (the spec); an int ``K >= 1``
+  stops it once ``argmax prior`` has been the same configuration after ``K`` consecutive
+  mini-batches: the prior stays, and the rest of the task trains that configuration alone with
+  the static configuration's step (one route, no E-step; same optimizer and state), so the
+  commit is that configuration. The annotation then also records ``settle`` and ``settled``
+  (the 1-based batch of the task after which the EM stopped; None if it never did), and the
+  posterior history holds the EM's batches only (``posterior_epochs``: the mean over an
+  epoch's EM batches; the prior for an epoch without any). EM only (refused with ``config``)
+  [ours: a deviation, motivated by the paper's attributing its 1.3-1.7x cost to "EM converging faster";
+  with the default Eq. 1 prior the argmax never moved after the first mini-batch in 90 of 90
+  benchmark tasks; the spec's default, None, is kept]. The annotation is part of the net's
+  lineage, so with ``settle`` set later tasks' fresh tensors differ from a run without it.
 - ``rollback`` = True: at the end of a task, restore the shared tensors of the slots it owns to
   their values before the task [§2.5, §7.4].
 - ``delete_unused`` = True: at the end of a task, remove its own convs at the slots it shares
@@ -135,6 +147,11 @@ def _choice(*allowed):
     return check
 
 
+def _count(_inst, a, value) -> None:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"'{a.name}' must be None or an int >= 1 (got {value!r})")
+
+
 def _flag(_inst, a, value) -> None:
     if type(value) is not bool:
         raise ValueError(f"'{a.name}' must be True or False (got {value!r})")
@@ -170,6 +187,7 @@ class Lasem:
     prior_count: float = attrs.field(default=1.0, validator=_positive)
     m_steps: int = attrs.field(default=1, validator=[v.instance_of(int), v.ge(1)])
     e_step: str = attrs.field(default="fused", validator=_choice("fused", "separate"))
+    settle: int | None = attrs.field(default=None, validator=_opt(_count))
     rollback: bool = attrs.field(default=True, validator=_flag)
     delete_unused: bool = attrs.field(default=True, validator=_flag)
     own_init: str = attrs.field(default="fresh", validator=_choice("fresh", "copy"))
@@ -193,6 +211,8 @@ class Lasem:
                 raise ValueError(f"'{name}' applies to lasem-dfcnn only (base learner {base!r})")
         if self.ts_kernel != 3 and base != "dfcnn":
             raise ValueError(f"'ts_kernel' applies to lasem-dfcnn only (base learner {base!r})")
+        if self.settle is not None and self.config is not None:
+            raise ValueError(f"'settle' applies to the EM only; config={self.config!r} trains one configuration")
         if self.rms_alpha >= 1:
             raise ValueError(f"'rms_alpha' must be in (0, 1) (got {self.rms_alpha!r})")
         t = self.template()  # validates the sizes
@@ -283,6 +303,8 @@ class Lasem:
                 "posterior_epochs": [[round(float(p), 6) for p in e] for e in out.epoch_posteriors],
                 "posterior": TensorRef(key),
             })
+            if self.settle is not None:  # only then: without the option the annotation is as before
+                rec.update({"settle": self.settle, "settled": out.settled})
         rec["val_acc"] = out.val_acc
         return rec
 

@@ -78,6 +78,8 @@ class LasemBrute(Lasem):
     def __attrs_post_init__(self) -> None:
         if self.config is not None:
             raise ValueError("'config' does not apply to lasem-brute: it trains every configuration")
+        if self.settle is not None:
+            raise ValueError("'settle' does not apply to lasem-brute: it trains every configuration")
         super().__attrs_post_init__()
 
     def base_learner(self) -> str:

@@ -8,6 +8,13 @@ the core's `train_plan` of the task's route through every shared node and of its
 (`merge_plans`): every tensor some configuration uses, under the net's train policy. One
 optimizer step per mini-batch (``m_steps`` with the same posterior); the batch order is the
 core trainer's (a generator seeded from ``(seed, task index)``).
+
+With the strategy's ``settle = K`` (ours; None: the EM runs on every mini-batch): once
+``argmax prior`` has been the same configuration after K consecutive mini-batches, the EM
+stops for the rest of the task: the prior (and counts) stay as they are, and every later
+mini-batch is the static configuration's step for that configuration (one route compiled
+alone, no E-step, loss ``CE + reg`` of its shared slots), with the same optimizer and its state.
+The posterior history then holds the EM's batches only.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ __all__ = ["EMOutcome", "em_train", "merge_plans"]
 class EMOutcome:
     """What `em_train` leaves: the final prior (and Eq. 1 counts), the posterior of every
     mini-batch, the mean posterior per epoch, the last validation accuracy, time spent in
-    separate E-step calls and in whole steps, and the trainer-style `TrainResult`."""
+    separate E-step calls and in whole steps, the trainer-style `TrainResult`, and the batch
+    (1-based, counted over the task) after which the EM settled (``settle``; None: it never did)."""
 
     prior: torch.Tensor
     counts: torch.Tensor | None
@@ -45,6 +53,7 @@ class EMOutcome:
     result: TrainResult
     e_seconds: float = 0.0
     step_seconds: float = 0.0
+    settled: int | None = None
 
 
 def merge_plans(a: TrainPlan, b: TrainPlan) -> TrainPlan:
@@ -131,6 +140,10 @@ def em_train(strategy: Any, net: JointNet, own: JointNet, run: TaskRun, t: Templ
     prior = torch.full((n_conf,), 1.0 / n_conf, dtype=torch.float64)
     counts = torch.full((n_conf,), float(strategy.prior_count), dtype=torch.float64) if strategy.prior == "counts" else None
     seen_batches = 0
+    # ``settle`` (ours): once argmax prior has held `settle` batches, train that configuration alone.
+    settle = None if single else getattr(strategy, "settle", None)
+    settled, held, last = None, 0, None
+    step_masks = masks
     history, epoch_posts, result = [], [], TrainResult()
     x, y = run.task.train
     e_seconds = step_seconds = 0.0
@@ -159,11 +172,11 @@ def em_train(strategy: Any, net: JointNet, own: JointNet, run: TaskRun, t: Templ
                         lp = torch.stack([F.log_softmax(e_out[e.name].float(), 1).gather(1, yb[:, None])[:, 0]
                                           for e in e_views]).cpu()  # the prior lives on the CPU (float64)
                         post = core.posterior(prior, core.log_likelihood(lp, strategy.likelihood))
-                loss = _m_step(out, m_labels, yb, post, masks, reg, weight, t.base)
+                loss = _m_step(out, m_labels, yb, post, step_masks, reg, weight, t.base)
                 for extra in range(strategy.m_steps):
                     if extra:
                         out = m_module(xb, ctx)
-                        loss = _m_step(out, m_labels, yb, post, masks, reg, weight, t.base)
+                        loss = _m_step(out, m_labels, yb, post, step_masks, reg, weight, t.base)
                     if not config.allow_nonfinite and not bool(torch.isfinite(loss.detach())):
                         raise run.error(f"the loss is {float(loss.detach()):.4g} at epoch {epoch + 1}, batch {b + 1}; "
                                         "lower the learning rate, or set allow_nonfinite")
@@ -174,14 +187,27 @@ def em_train(strategy: Any, net: JointNet, own: JointNet, run: TaskRun, t: Templ
                         torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
                     opt.step()
                     tp.after_step()
-                # The prior after the batch (spec §2.5): Eq. 1 counts or the running mean.
-                if counts is not None:
-                    counts = core.update_counts(counts, post)
-                    prior = core.counts_prior(counts)
-                elif not single:
-                    prior = core.update_mean(prior, seen_batches, post)
                 seen_batches += 1
-                posts.append(post)
+                if settled is None:
+                    # The prior after the batch (spec §2.5): Eq. 1 counts or the running mean.
+                    if counts is not None:
+                        counts = core.update_counts(counts, post)
+                        prior = core.counts_prior(counts)
+                    elif not single:
+                        prior = core.update_mean(prior, seen_batches - 1, post)
+                    posts.append(post)
+                    if settle is not None:
+                        best_now = int(torch.argmax(prior))
+                        held = held + 1 if best_now == last else 1
+                        last = best_now
+                        if held >= settle:  # from the next batch on: the static configuration's step
+                            settled = seen_batches
+                            single = fused = True
+                            step_masks = [masks[best_now]]
+                            m_labels = [views[best_now].name]
+                            module = compile_net(net, store, [views[best_now]], independent_dropout=True)
+                            m_module = module if strategy.m_steps > 1 else None
+                            reg = [(i, ts) for i, ts in reg if step_masks[0][i] == core.SHARE]
                 step_seconds += time.perf_counter() - t0
                 total += float(loss.detach()) * len(idx)
                 seen += len(idx)
@@ -200,7 +226,7 @@ def em_train(strategy: Any, net: JointNet, own: JointNet, run: TaskRun, t: Templ
                          f"argmax {best} prior {entry['prior_max']:.3f}")
     result.best_val = val_acc
     hist = torch.stack(history) if history else torch.empty(0, n_conf, dtype=torch.float64)
-    return EMOutcome(prior, counts, hist, epoch_posts, val_acc, result, e_seconds, step_seconds)
+    return EMOutcome(prior, counts, hist, epoch_posts, val_acc, result, e_seconds, step_seconds, settled)
 
 
 def _m_step(out: dict, labels: list[str], yb: torch.Tensor, post: torch.Tensor, masks: list[str],

@@ -420,6 +420,99 @@ def test_same_seed_same_numbers_and_the_snapshot_holds_the_choice(tmp_path):
     assert view["base learner"] == "tf" and view["task t2"].startswith(ann["mask"] + " (em")
 
 
+# ---- settle (ours: the EM stops once argmax prior holds) -------------------------------------------
+
+
+def _eq1_argmaxes(history: torch.Tensor, prior_count: float = 1.0) -> list[int]:
+    """argmax prior after each batch of a posterior history, recomputed with Eq. 1 counts."""
+    counts = torch.full((history.shape[1],), prior_count, dtype=torch.float64)
+    out = []
+    for post in history.to(torch.float64):
+        counts = core.update_counts(counts, post)
+        out.append(int(torch.argmax(core.counts_prior(counts))))
+    return out
+
+
+def test_settle_none_trains_as_before_and_a_settle_never_reached_changes_nothing():
+    # settle=None is the spec's EM and leaves the annotation as it was (no settle keys: the
+    # annotation is part of the net's lineage, hence of later tasks' fresh tensors). A settle no
+    # task reaches (more batches than it has) runs the same arithmetic: on one task (whose
+    # tensors exist before its annotation) the same tensors and accuracies, bit for bit.
+    stream = tiny_stream(n_tasks=1)
+    a = run_stream(LasemHPS(**SMALL), stream)
+    b = run_stream(LasemHPS(settle=10_000, **SMALL), stream)
+    assert [o.row for o in a[2]] == [o.row for o in b[2]]
+    assert set(a[1]) == set(b[1])
+    for k in a[1]:
+        assert torch.equal(a[1][k], b[1][k]), k
+    ann_a, ann_b = a[0].tasks["t1"].annotations["lasem"], b[0].tasks["t1"].annotations["lasem"]
+    assert "settle" not in ann_a and "settled" not in ann_a
+    assert ann_b["settle"] == 10_000 and ann_b["settled"] is None
+    assert {k: v for k, v in ann_b.items() if k not in ("settle", "settled")} == dict(ann_a)
+    net, _, _ = run_stream(LasemHPS(**SMALL), tiny_stream(n_tasks=2))
+    assert all("settle" not in net.tasks[t].annotations["lasem"] for t in ("t1", "t2"))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_settle_stops_the_em_when_argmax_prior_has_held_k_batches(k):
+    stream = tiny_stream(n_tasks=2)
+    full = run_stream(LasemHPS(**SMALL), stream)
+    net, store, _ = run_stream(LasemHPS(settle=k, **SMALL), stream)
+    for task in ("t1", "t2"):
+        ann = net.tasks[task].annotations["lasem"]
+        ref = full[0].tasks[task].annotations["lasem"]
+        settled = ann["settled"]
+        assert ann["settle"] == k and settled is not None
+        history = store[ann["posterior"].key]
+        assert history.shape == (settled, 8)  # the EM's batches only
+        # The recorded batch is the first at which the same argmax closed k consecutive batches.
+        arg = _eq1_argmaxes(history)
+        assert len(set(arg[-k:])) == 1
+        assert not any(len(set(arg[i - k + 1 : i + 1])) == 1 for i in range(k - 1, settled - 1))
+        # The prior stopped there, and the commit is its argmax.
+        assert list(ann["counts"]) == [1.0 + sum(1 for a in history.argmax(1).tolist() if a == c) for c in range(8)]
+        assert ann["mask"] == ann["configs"][arg[-1]]
+        if task == "t1":  # up to the settling batch the run is the full EM's, bit for bit
+            assert torch.equal(history, full[1][ref["posterior"].key][:settled])
+    assert len(net.tasks["t1"].annotations["lasem"]["posterior_epochs"]) == CONFIG.epochs
+
+
+@pytest.mark.parametrize("base", ["hps", "tf"])
+def test_after_settling_each_step_is_the_static_configurations_step(base, monkeypatch):
+    # Settle at the end of epoch 1 (4 batches; the argmax holds from batch 1 here), train epoch
+    # 2; against: the plain EM for epoch 1 from the same state, then the static path (commit the
+    # configuration, train it alone) for epoch 2. SGD without momentum (no optimizer state) and
+    # one batch order for every epoch, so the second epoch starts from the same point in both.
+    stream = tiny_stream(n_tasks=1)
+    monkeypatch.setattr(torch, "randperm", lambda n, generator=None: torch.arange(n))
+    cls = BASES[base]
+    sgd = attrs.evolve(CONFIG, optimizer="sgd", momentum=0.0, epochs=2)
+    one = attrs.evolve(sgd, epochs=1)
+
+    def task_run(store, config):
+        return TaskRun(stream.tasks[0], 0, stream, store, config, 0, "lasem", None)
+
+    t, own, net, store = em_net(base)
+    masks = core.enumerate_masks(t.d)
+    torch.manual_seed(0)
+    out = em_train(cls(settle=4, **SMALL), net, own, task_run(store, sgd), t, masks)
+    assert out.settled == 4 and out.history.shape == (4, 8)
+    mask = masks[int(torch.argmax(out.prior))]
+    t, own2, net2, store2 = em_net(base)
+    torch.manual_seed(0)
+    ref = em_train(cls(**SMALL), net2, own2, task_run(store2, one), t, masks)
+    assert torch.equal(ref.history, out.history) and torch.equal(ref.prior, out.prior)
+    after_em = {k: store2[k].clone() for k in store2}
+    static = commit(net2, t, "t1", mask)
+    em_train(cls(config=mask, **SMALL), static, static, task_run(store2, one), t, [mask])
+    assert set(store) == set(store2)
+    for k in store:
+        assert torch.equal(store[k], store2[k]), k
+    # ... and the second epoch did train the configuration (it is not the EM's epoch-1 state).
+    route = {p.key for n in static.route("t1") for p in static.node(n).params}
+    assert any(not torch.equal(store2[k], after_em[k]) for k in route)
+
+
 # ---- options and errors ---------------------------------------------------------------------------
 
 
@@ -432,7 +525,12 @@ def test_options_are_validated_with_one_line_errors():
         ("lasem-dfcnn", {"groups": [1, 1]}, "add up"),
         ("lasem-hps", {"likelihood": "max"}, "'likelihood' must be one of"),
         ("lasem-hps", {"m_steps": 0}, "m_steps"),
+        ("lasem-hps", {"settle": 0}, "'settle' must be None or an int >= 1"),
+        ("lasem-tf", {"settle": 2.5}, "'settle' must be None or an int >= 1"),
+        ("lasem-dfcnn", {"settle": True}, "'settle' must be None or an int >= 1"),
+        ("lasem-hps", {"settle": 2, "config": "all"}, "'settle' applies to the EM only"),
         ("lasem-brute", {"config": "all"}, "does not apply to lasem-brute"),
+        ("lasem-brute", {"settle": 2}, "'settle' does not apply to lasem-brute"),
         ("lasem-brute", {"learner": "vgg"}, "learner"),
     ):
         with pytest.raises(StrategyError, match=why) as e:
