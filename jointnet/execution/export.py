@@ -173,8 +173,14 @@ def export_task(net: JointNet, store: ParamStore, task: str, path: str | os.Path
 
 
 def _export_onnx(module, x, want, dims, path: Path, task: str, shape) -> ExportResult:
+    import logging
     import warnings
 
+    # torch's ONNX registry logs one warning per torchvision op when torchvision is missing (it is
+    # optional here, and a jointnet net uses none of those ops): quiet for the call only.
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -182,6 +188,8 @@ def _export_onnx(module, x, want, dims, path: Path, task: str, shape) -> ExportR
                                              input_names=["x"], output_names=["logits"], verbose=False)
     except Exception as e:
         raise _fail(task, f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    finally:
+        registry.setLevel(level)
     buf = io.BytesIO()
     onnx_program.save(buf)
     data = buf.getvalue()
