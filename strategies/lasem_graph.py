@@ -304,6 +304,9 @@ def inspect_view(net: JointNet, store=None) -> dict | None:
             details[-1] += f" {ann['static']}"
         if ann.get("prior") is not None:
             details.append(f"prior max {max(ann['prior']):.3f}")
+        if "settle" in ann:  # the `settle` option: after which batch the EM stopped
+            details.append(f"settled after batch {ann['settled']}" if ann.get("settled") is not None
+                           else f"never settled (settle={ann['settle']})")
         if ann.get("val_acc") is not None:
             details.append(f"val acc {ann['val_acc']:.3f}")
         out[f"task {name}"] = mask + (f" ({', '.join(details)})" if details else "")

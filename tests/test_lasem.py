@@ -33,7 +33,8 @@ from jointnet.persistence.views import method_views, param_counts
 from strategies import lasem_core as core
 from strategies.lasem import LasemDFCNN, LasemHPS, LasemTF, em_train
 from strategies.lasem_graph import (
-    Template, build_column, commit, config_view, e_view, ensure_shared, own_node, route_mask, share_slots,
+    Template, build_column, commit, config_view, e_view, ensure_shared, inspect_view, own_node, route_mask,
+    share_slots,
 )
 from strategies.trials import journal_storage
 
@@ -475,6 +476,8 @@ def test_settle_stops_the_em_when_argmax_prior_has_held_k_batches(k):
         if task == "t1":  # up to the settling batch the run is the full EM's, bit for bit
             assert torch.equal(history, full[1][ref["posterior"].key][:settled])
     assert len(net.tasks["t1"].annotations["lasem"]["posterior_epochs"]) == CONFIG.epochs
+    view = inspect_view(net)  # `jointnet inspect` says where each task settled
+    assert f"settled after batch {net.tasks['t1'].annotations['lasem']['settled']}" in view["task t1"]
 
 
 @pytest.mark.parametrize("base", ["hps", "tf"])
