@@ -60,13 +60,7 @@ CONFIG = TrainConfig(epochs=1, batch_size=16, lr=0.02, optimizer="sgd", momentum
 FAST = dict(mask_lr=0.5, grown_init=0.5, lam=0.05, first_pool=0.5, pool=0.25, rounds=1, target=1.0, delta=-0.01)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets: one intra-op thread is faster and does not fight other processes for cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _stream(n_tasks: int = 3, seed: int = 0):

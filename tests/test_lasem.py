@@ -43,13 +43,7 @@ CONFIG = TrainConfig(epochs=2, batch_size=8, lr=3e-3, optimizer="rmsprop", momen
 BASES = {"hps": LasemHPS, "tf": LasemTF, "dfcnn": LasemDFCNN}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these nets are tiny, and a second thread only waits on a shared CPU."""
-    was = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(was)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_stream(n_tasks=2, repeat_first=False, seed=0):
