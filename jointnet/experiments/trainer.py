@@ -399,17 +399,9 @@ def _train(net, store, task, train, val, config: TrainConfig, hooks: Hooks | Non
 def _route_buffers(net, store, task) -> list[torch.Tensor]:
     """The buffers (BatchNorm running statistics) `task`'s route uses, each once: training in
     train mode updates them, so restoring the best epoch restores them too."""
-    out, seen = [], set()
-    for n in net.route(task):
-        infos = net.effective_spec(task, n).params()
-        for name, rows in net.params_for(task, n).items():
-            if infos[name].buffer:
-                for row in rows:
-                    for p in row:
-                        if p.key not in seen and p.key in store:
-                            seen.add(p.key)
-                            out.append(store[p.key])
-    return out
+    keys = [p.key for n in net.route(task) for rows in net.params_for(task, n).values() for row in rows
+            for p in row if p.buffer and p.key in store]
+    return [store[k] for k in dict.fromkeys(keys)]
 
 
 @torch.no_grad()
