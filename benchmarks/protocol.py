@@ -1,4 +1,4 @@
-"""The benchmark protocol the method benchmarks share (L2BG now; PAR, LASEM, GROWN, SPG later).
+"""The benchmark protocol the method benchmarks share (L2BG, SPG, GROWN, PAR, LASEM, baselines).
 
 A benchmark is a grid of *arms* (a strategy with options, under one label) x *streams* x
 *paired seeds*: every arm runs on the same seeds, so seed ``s`` of two arms sees the same stream
@@ -10,11 +10,14 @@ draw, and differences are compared seed by seed (paired 95% CIs,
   strategy's ``recommended_config`` under the grid's config as `jointnet run` applies it) and
   writes a run directory per cell: ``OUT/STREAM/ARM/seed-S-DIGEST/`` with ``run.json`` (the
   `RunSpec`, as `jointnet run` writes it) and ``result.json`` (accuracy matrix, metrics,
-  parameter counts, wall time, the final net's annotations; ``snapshot.jn`` too with
-  ``snapshots=True``). A cell whose directory holds a finished result is *reused* only after
+  parameter counts, wall and CPU seconds per task, the final net's annotations; with
+  ``snapshots="last"`` / ``"every"`` the snapshot after the last / every task,
+  ``snapshot-I.jn`` for task index I, read back with `Run.load`). A cell whose directory holds a finished result is *reused* only after
   its ``run.json`` is checked to equal the spec wanted now (strategy, every option, stream
   options, train config, seed); a directory whose spec differs is never overwritten (the digest
-  in the name differs, so the changed cell reruns beside it).
+  in the name differs, so the changed cell reruns beside it). A run whose loss diverges
+  (`jointnet.errors.NonFiniteLoss`) is a *failed* cell: its one-line reason is recorded and
+  reused like a result, tables leave it out and say how many seeds failed.
 - An arm's options may depend on earlier arms' runs of the same seed (`Arm.derive`: e.g. a
   random-growth control matched to the guided run's parameter count): arms run in order, seed by
   seed, and the derived options are part of the recorded spec.
@@ -32,6 +35,7 @@ Defaults: seeds 0-4 (`SEEDS`), 200 validation images per task at least (`MIN_VAL
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -45,7 +49,7 @@ from typing import Any
 
 import attrs
 
-from jointnet.errors import JointNetError
+from jointnet.errors import JointNetError, NonFiniteLoss
 from jointnet.experiments.runner import RunSpec, run_tasks
 from jointnet.experiments.stats import Summary, paired, summary
 from jointnet.experiments.strategy import get, train_config
@@ -61,6 +65,7 @@ __all__ = [
 SEEDS = (0, 1, 2, 3, 4)
 MIN_VAL = 200
 RESULT_FORMAT = 1
+SNAPSHOTS = ("none", "last", "every")
 
 
 @attrs.frozen
@@ -92,6 +97,11 @@ class Run:
     reused: bool = False
 
     @property
+    def failed(self) -> str | None:
+        """The one-line reason the run stopped (its loss diverged), None for a finished run."""
+        return self.result.get("failed")
+
+    @property
     def metrics(self) -> dict:
         return self.result["metrics"]
 
@@ -112,6 +122,24 @@ class Run:
     def annotations(self) -> dict:
         """The final net's annotations: ``{"net": {...}, "tasks": {task: {...}}, "nodes": {...}}``."""
         return self.result["annotations"]
+
+    @property
+    def cpu(self) -> list[float]:
+        """CPU seconds of each task's step (`jointnet.experiments.runner.TaskOutcome.cpu`)."""
+        return self.result["cpu_time"]
+
+    def load(self, index: int = -1):
+        """``(net, store)`` of the snapshot after task `index` (negative: from the end), written
+        by ``snapshots="every"`` (any task) or ``"last"`` (the last one)."""
+        n = len(self.matrix)
+        i = index + n if index < 0 else index
+        path = self.dir / f"snapshot-{i}.jn"
+        if not 0 <= i < n or i not in self.result.get("snapshots", []):
+            raise JointNetError(f"{self.dir}: no snapshot after task index {index} (ran with snapshots="
+                                f"{'every' if len(self.result.get('snapshots', [])) > 1 else 'last or none'})")
+        from jointnet.persistence import snapshot
+
+        return snapshot.load(path)
 
 
 def _slug(label: str) -> str:
@@ -149,9 +177,10 @@ def _annotations(net: JointNet) -> dict:
     }
 
 
-def load_cell(path: Path, spec: dict) -> dict | None:
-    """The result in cell directory `path` when it is finished and its ``run.json`` equals `spec`;
-    None when there is nothing to reuse (no directory, an unfinished or unreadable result).
+def load_cell(path: Path, spec: dict, snapshots: str = "none") -> dict | None:
+    """The result in cell directory `path` when it is finished, its ``run.json`` equals `spec`
+    and it kept the `snapshots` wanted (a failed cell keeps none); None when there is nothing to
+    reuse (no directory, an unfinished or unreadable result, snapshots missing).
 
     Raises:
         JointNetError: the directory holds a run of another spec (a digest collision or an edited
@@ -173,17 +202,28 @@ def load_cell(path: Path, spec: dict) -> dict | None:
         return None
     if not isinstance(result, dict) or result.get("format") != RESULT_FORMAT or not result.get("done"):
         return None
+    if result.get("failed") is None and not set(_kept(snapshots, len(result["matrix"]))) <= set(result["snapshots"]):
+        return None
     return result
 
 
-def run_cell(spec: RunSpec, out: Path, *, label: str, stream_obj: Any = None, snapshots: bool = False,
+def _kept(snapshots: str, n_tasks: int) -> list[int]:
+    """Task indices whose snapshot a cell keeps."""
+    if snapshots not in SNAPSHOTS:
+        raise JointNetError(f"snapshots must be one of {', '.join(SNAPSHOTS)}, not {snapshots!r}")
+    return {"none": [], "last": [n_tasks - 1], "every": list(range(n_tasks))}[snapshots]
+
+
+def run_cell(spec: RunSpec, out: Path, *, label: str, stream_obj: Any = None, snapshots: str = "none",
              folder: str | None = None, echo: Callable[[str], Any] | None = None) -> Run:
     """Run (or reuse) one cell; returns its `Run`. `stream_obj`: the stream already built from
     the spec's stream name, options and seed (built here when None); `folder`: the stream's
-    folder under `out` (default the stream's name)."""
+    folder under `out` (default the stream's name); `snapshots`: ``"none"``, ``"last"`` or
+    ``"every"`` (the snapshot after every task)."""
     want = attrs.asdict(spec)
     path = cell_dir(out, folder or spec.stream, label, want)
-    old = load_cell(path, want)
+    _kept(snapshots, 1)  # a bad value fails before anything runs
+    old = load_cell(path, want, snapshots)
     if old is not None:
         return Run(label, folder or spec.stream, spec.seed, path, want, old, reused=True)
     strategy = get(spec.strategy, **spec.strategy_options)
@@ -194,27 +234,38 @@ def run_cell(spec: RunSpec, out: Path, *, label: str, stream_obj: Any = None, sn
         stream_obj = get_stream(spec.stream, seed=spec.seed, **spec.stream_options)
     path.mkdir(parents=True, exist_ok=True)
     _write(path / "run.json", json.dumps(want, indent=2, sort_keys=True))
-    matrix, params, wall, net, store = [], [], [], None, None
+    from jointnet.persistence import snapshot
+
+    n = len(stream_obj.tasks)
+    keep = _kept(snapshots, n)
+    matrix, params, wall, cpu, net, kept = [], [], [], [], None, []
     t0 = time.perf_counter()
-    for o in run_tasks(strategy, stream_obj, config, seed=spec.seed, echo=echo):
-        matrix.append(o.row)
-        c = param_counts(o.net)
-        params.append({"total": c["total"], "shared": c["shared"], "owned": dict(c["owned"])})
-        wall.append(o.wall)
-        net, store = o.net, o.store
+    result = {"format": RESULT_FORMAT, "done": True, "tasks": [t.name for t in stream_obj.tasks]}
+    try:
+        for o in run_tasks(strategy, stream_obj, config, seed=spec.seed, echo=echo):
+            matrix.append(o.row)
+            c = param_counts(o.net)
+            params.append({"total": c["total"], "shared": c["shared"], "owned": dict(c["owned"])})
+            wall.append(o.wall)
+            cpu.append(o.cpu)
+            net = o.net
+            if o.index in keep:
+                snapshot.save(path / f"snapshot-{o.index}.jn", o.net, o.store)
+                kept.append(o.index)
+    except NonFiniteLoss as e:  # recorded, reused, left out of the tables; any other error propagates
+        result.update(failed=f"task {len(matrix) + 1} of {n}: {str(e).splitlines()[0]}", matrix=matrix,
+                      seconds=time.perf_counter() - t0)
+        _write(path / "result.json", json.dumps(result))
+        return Run(label, folder or spec.stream, spec.seed, path, want, result)
     from jointnet.experiments.metrics import summarize
 
-    result = {
-        "format": RESULT_FORMAT, "done": True, "tasks": [t.name for t in stream_obj.tasks], "matrix": matrix,
-        "metrics": summarize(matrix), "params": params, "wall_time": wall, "seconds": time.perf_counter() - t0,
+    result.update({
+        "matrix": matrix, "metrics": summarize(matrix), "params": params, "wall_time": wall, "cpu_time": cpu,
+        "seconds": time.perf_counter() - t0, "snapshots": kept,
         "n_val": [len(t.y_val) for t in stream_obj.tasks], "n_test": [len(t.y_test) for t in stream_obj.tasks],
         "annotations": _annotations(net),
         "node_params": {n: sum(p.numel for p in net.node(n).params if not p.buffer) for n in net.nodes},
-    }
-    if snapshots:
-        from jointnet.persistence import snapshot
-
-        snapshot.save(path / "snapshot.jn", net, store)
+    })
     _write(path / "result.json", json.dumps(result))
     return Run(label, folder or spec.stream, spec.seed, path, want, result)
 
@@ -229,15 +280,17 @@ def check_validation(stream: Any, min_val: int = MIN_VAL) -> None:
 
 def run_grid(
     arms: Sequence[Arm], streams: Mapping[str, Mapping[str, Any]], *, out: str | Path, seeds: Sequence[int] = SEEDS,
-    config: Mapping[str, Any] | None = None, min_val: int = MIN_VAL, snapshots: bool = False,
-    echo: Callable[[str], Any] | None = print, stream_names: Mapping[str, str] | None = None,
+    config: Mapping[str, Any] | None = None, min_val: int = MIN_VAL, snapshots: str = "none",
+    echo: Callable[[str], Any] | None = functools.partial(print, flush=True),
+    stream_names: Mapping[str, str] | None = None,
 ) -> dict[tuple[str, str, int], Run]:
     """Run every arm on every stream and seed (reusing finished cells); returns
     ``{(stream key, arm label, seed): Run}``.
 
     `streams`: ``{key: stream options}``; the stream registered as `stream_names[key]` (default:
     the key itself) is built once per seed with those options. `config`: `TrainConfig` fields
-    for every run. Labels must be unique.
+    for every run. `snapshots`: which snapshots every cell keeps (`run_cell`). Labels must be
+    unique.
     """
     from jointnet.experiments.streams import get_stream
 
@@ -266,7 +319,8 @@ def run_grid(
                 grid[(key, arm.label, seed)] = r
                 if echo is not None:
                     how = "reused" if r.reused else f"{time.perf_counter() - t0:.1f}s"
-                    echo(f"  {key} seed {seed} {arm.label}: AP {r.metrics['AP']:.4f}  ({how})")
+                    what = f"FAILED ({r.failed})" if r.failed else f"AP {r.metrics['AP']:.4f}"
+                    echo(f"  {key} seed {seed} {arm.label}: {what}  ({how})")
     return grid
 
 
@@ -288,7 +342,9 @@ METRICS = {
     "AP": Metric("AP", lambda r, _: r.metrics["AP"]),
     "BWT": Metric("BWT", lambda r, _: r.metrics["BWT"], "+.4f"),
     "params": Metric("params", lambda r, _: float(r.params), ".0f", paired=False),
+    "AF": Metric("AF", lambda r, _: r.metrics["AF"], "+.4f"),
     "time": Metric("time (s)", lambda r, _: float(r.result["seconds"]), ".1f", paired=False),
+    "cpu": Metric("CPU s", lambda r, _: float(sum(r.cpu)), ".1f", paired=False),
 }
 
 
@@ -314,7 +370,7 @@ def by_seed(grid: Mapping[tuple[str, str, int], Run], stream: str) -> dict[int, 
 def _values(metric: Metric, seeds: Mapping[int, Mapping[str, Run]], label: str) -> dict[int, float]:
     out = {}
     for seed, runs in sorted(seeds.items()):
-        if label in runs:
+        if label in runs and not runs[label].failed:
             v = metric.value(runs[label], runs)
             if v is not None and math.isfinite(v):
                 out[seed] = float(v)
@@ -326,7 +382,7 @@ def table(grid: Mapping[tuple[str, str, int], Run], stream: str, *, control: str
     """One markdown table of `stream`: a row per arm (`labels`, default every arm in grid order),
     per metric its mean ± sd over seeds, and for paired metrics the mean difference against arm
     `control` on the seeds both ran, with the paired 95% CI (``-`` for the control itself or
-    without two common seeds)."""
+    without two common seeds). Failed cells are left out; the arm's label says how many."""
     ms = [METRICS[m] if isinstance(m, str) else m for m in metrics]
     seeds = by_seed(grid, stream)
     if labels is None:
@@ -338,7 +394,9 @@ def table(grid: Mapping[tuple[str, str, int], Run], stream: str, *, control: str
             head.append(f"Δ {m.name} vs {control} [95% CI]")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label in labels:
-        cells = [label]
+        failed = sum(1 for runs in seeds.values() if label in runs and runs[label].failed)
+        ran = sum(1 for runs in seeds.values() if label in runs)
+        cells = [f"{label} ({failed} of {ran} seeds failed)" if failed else label]
         n = 0
         for m in ms:
             vals = _values(m, seeds, label)

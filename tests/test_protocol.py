@@ -108,3 +108,34 @@ def test_validation_size_and_unique_labels(tmp_path):
     with pytest.raises(JointNetError, match="labels repeat"):
         run_grid([Arm("a", "finetune"), Arm("a", "independent")], {"synthetic": STREAM}, out=tmp_path, seeds=[0],
                  min_val=4, echo=None)
+
+
+def test_snapshots_cpu_time_and_failed_cells(tmp_path):
+    arms = _arms()[:1]
+    grid = run_grid(arms, {"synthetic": STREAM}, out=tmp_path, seeds=[0], config=CONFIG, min_val=4, echo=None)
+    ft = grid[("synthetic", "ft", 0)]
+    assert len(ft.cpu) == 2 and all(c >= 0 for c in ft.cpu) and ft.failed is None
+    with pytest.raises(JointNetError, match="no snapshot after task index -1"):
+        ft.load()
+    # asking for snapshots the finished cell did not keep reruns it (same directory), then reuses it
+    every = run_grid(arms, {"synthetic": STREAM}, out=tmp_path, seeds=[0], config=CONFIG, min_val=4, echo=None,
+                     snapshots="every")[("synthetic", "ft", 0)]
+    assert not every.reused and every.dir == ft.dir and every.result["snapshots"] == [0, 1]
+    assert every.result["matrix"] == ft.result["matrix"]
+    net, _ = every.load(0)
+    assert list(net.tasks) == ["t1"] and list(every.load()[0].tasks) == ["t1", "t2"]
+    last = run_grid(arms, {"synthetic": STREAM}, out=tmp_path, seeds=[0], config=CONFIG, min_val=4, echo=None,
+                    snapshots="last")[("synthetic", "ft", 0)]
+    assert last.reused
+    with pytest.raises(JointNetError, match="snapshots must be one of"):
+        run_grid(arms, {"synthetic": STREAM}, out=tmp_path, seeds=[0], config=CONFIG, min_val=4, echo=None,
+                 snapshots="all")
+    # a diverged loss: a failed cell, reused as such, left out of the table with a count
+    hot = {**CONFIG, "lr": 1e30, "optimizer": "sgd"}
+    runs = run_grid(arms, {"synthetic": STREAM}, out=tmp_path, seeds=[0, 1], config=hot, min_val=4, echo=None)
+    bad = runs[("synthetic", "ft", 0)]
+    assert bad.failed and bad.failed.startswith("task 1 of 2:")
+    again = run_grid(arms, {"synthetic": STREAM}, out=tmp_path, seeds=[0, 1], config=hot, min_val=4, echo=None)
+    assert again[("synthetic", "ft", 0)].reused and again[("synthetic", "ft", 0)].failed == bad.failed
+    text = table(runs, "synthetic", control="ft", metrics=["AP"])
+    assert "| ft (2 of 2 seeds failed) | 0 | - | - |" in text

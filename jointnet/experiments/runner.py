@@ -86,7 +86,10 @@ def print_results(results: dict, echo: Callable[[str], Any] = print) -> None:
 class TaskOutcome:
     """What one task of a stream left: the net and store after it, the test accuracy on every
     task so far (a row of the accuracy matrix), wall time, epochs trained and, of those, the
-    epochs whose mean loss was not finite (only with ``allow_nonfinite``)."""
+    epochs whose mean loss was not finite (only with ``allow_nonfinite``), and the CPU seconds
+    of this process and the worker processes it waited for (over the same span as `wall`: the
+    strategy's step and the realize; on a CPU shared with other jobs it follows their load far
+    less than `wall`)."""
 
     index: int
     task: str
@@ -96,6 +99,15 @@ class TaskOutcome:
     wall: float
     epochs: int
     nonfinite: int = 0
+    cpu: float = 0.0
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its waited-for children, user + system."""
+    import resource
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
 
 
 def run_tasks(
@@ -116,14 +128,17 @@ def run_tasks(
     for i in range(start, len(stream.tasks)):
         task = stream.tasks[i]
         torch.manual_seed(seed * 7919 + i)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         run = TaskRun(task, i, stream, store, config, seed, getattr(strategy, "name", "?"), echo)
         net = strategy.step(net, run)
         store.realize(net)
-        wall = time.perf_counter() - t0
+        if store.device.type == "cuda":  # the step's kernels, not just their launches
+            torch.cuda.synchronize(store.device)
+        wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
         row = [run.accuracy(net, t, "test") for t in stream.tasks[: i + 1]]
         nonfinite = sum(1 for r in run.results for h in r.history if not math.isfinite(h.get("loss", 0.0)))
-        yield TaskOutcome(i, task.name, net, store, row, wall, sum(r.epochs_run for r in run.results), nonfinite)
+        yield TaskOutcome(i, task.name, net, store, row, wall, sum(r.epochs_run for r in run.results), nonfinite,
+                          cpu)
 
 
 # ---- preparing a run -----------------------------------------------------------------------------
