@@ -14,7 +14,8 @@ import torch
 from jointnet.errors import JointNetError
 from jointnet.graph.gates import gate_neighbours
 from jointnet.graph.net import JointNet, Node, Param
-from jointnet.persistence.views import _task_sorted, _topo
+from jointnet.persistence._order import task_sorted as _task_sorted
+from jointnet.persistence._order import topo as _topo
 
 __all__ = ["capacity", "owner_split"]
 

@@ -18,10 +18,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import networkx as nx
-
 from jointnet.errors import JointNetError
 from jointnet.graph.net import JointNet, Node, Param, TensorRef
+from jointnet.persistence._order import task_sorted as _task_sorted
+from jointnet.persistence._order import topo as _topo
+from jointnet.persistence.capacity import owner_split
 
 __all__ = [
     "param_counts", "param_owner", "summary", "history", "sharing", "plain", "call_text", "SHARED",
@@ -71,13 +72,6 @@ def call_text(name: str, kwargs: Mapping[str, Any]) -> str:
     """
     args = ", ".join(f"{k}={_py(plain(v))!r}" for k, v in kwargs.items())
     return f"{name}({args})"
-
-
-def _task_sorted(net: JointNet, tasks) -> list[str]:
-    order = net._cache.get("task_order")
-    if order is None:  # once per net: sorting users per node stays linear in nodes x users
-        order = net._cache["task_order"] = {t: i for i, t in enumerate(net.tasks)}
-    return sorted(tasks, key=lambda t: (order.get(t, 1 << 30), t))
 
 
 def param_owner(net: JointNet, node_id: str, p: Param, users: frozenset[str] | None = None) -> str | None:
@@ -182,10 +176,6 @@ def _check_store(store, key: str, shape: tuple[int, ...]) -> None:
     have = tuple(store[key].shape)
     if have != tuple(shape):
         raise JointNetError(f"the store's tensor {key!r} has shape {have}; the net says {tuple(shape)}")
-
-
-def _topo(net: JointNet) -> list[str]:
-    return list(nx.lexicographical_topological_sort(net.graph))
 
 
 def _node_entry(net: JointNet, n: str, counts: dict[str, Any]) -> dict[str, Any]:
@@ -376,8 +366,6 @@ def task_params(net: JointNet, store=None) -> dict[str, dict[str, Any]]:
     >>> task_params(net)["t2"]
     {'owned': 18, 'shared': 40, 'reused': 0, 'total': 58, 'from': {}}
     """
-    from jointnet.persistence.capacity import owner_split as _owner_split
-
     out: dict[str, dict[str, Any]] = {}
     for t in net.tasks:
         seen: set[str] = set()
@@ -391,7 +379,7 @@ def task_params(net: JointNet, store=None) -> dict[str, dict[str, Any]]:
                         if p.buffer or p.key in seen:
                             continue
                         seen.add(p.key)
-                        split = _owner_split(net, store, p, net.node(n), t)
+                        split = owner_split(net, store, p, net.node(n), t)
                         if split is not None:
                             for who, count in split.items():
                                 if who == t:
