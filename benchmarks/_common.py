@@ -1,5 +1,5 @@
-"""Pieces every benchmark script shares: the run header, interleaved block timing, and a run
-directory per cell that is reused when finished and resumed when not (`run_or_resume`)."""
+"""Pieces every benchmark script shares: the run header and interleaved block timing (method
+benchmarks run their cells through `benchmarks/protocol.py`)."""
 
 from __future__ import annotations
 
@@ -36,23 +36,3 @@ def calls_per_block(fns, min_block_s: float, probe: int = 2) -> int:
     """Calls per timed block so that a block of the slowest of `fns` lasts at least `min_block_s`."""
     t = max(time_block(f, probe) for f in fns) / 1e3
     return max(1, int(min_block_s / max(t, 1e-6)) + 1)
-
-
-def run_or_resume(out, spec) -> dict:
-    """The results of `spec` (a `jointnet.experiments.runner.RunSpec`) in run directory `out`:
-    read back when the run there finished, resumed when it stopped part way, run when `out`
-    does not exist. The recorded spec is not compared with `spec`: a changed grid needs a new
-    `out` (`benchmarks/protocol.py` checks it)."""
-    import json
-    from pathlib import Path
-
-    from jointnet.experiments.runner import resume, run
-
-    out = Path(out)
-    results = out / "results.json"
-    if results.exists():
-        done = json.loads(results.read_text())
-        if done["done"] == len(done["tasks"]):
-            return done
-        return resume(out, echo=lambda m: None)
-    return run(spec, out, echo=lambda m: None)
