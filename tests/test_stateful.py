@@ -23,6 +23,7 @@ import itertools
 import math
 
 import attrs
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -1052,3 +1053,45 @@ def test_a_later_task_sees_grown_channels_only_through_the_producer_that_grew_th
     net = rw.bind(net, task="t4", to="t1")  # through conv2, which holds it
     assert net.effective_spec("t4", "bn2").num_features == 6
     check(rw.add_head(rw.add_head(net, task="t3", n_classes=2), task="t4", n_classes=2))
+
+
+def _rerouted_through_another_tasks_relu():
+    """t1: conv1 -> relu1 -> pool1 -> conv2 -> n3 -> pool2 -> ...; n3 is t2's ReLU on conv1."""
+    from jointnet import backbones
+
+    net = backbones.build(backbones.small_conv((1, 8, 8), widths=(4, 4), hidden=6), task="t0", n_classes=2)
+    net = rw.add_head(rw.bind(rw.add_task(net, task="t1"), task="t1", to="t0"), task="t1", n_classes=2)
+    net = rw.route_through(rw.add_task(net, task="t2"), task="t2", like="t0", upto=["conv1"])
+    net = rw.add_node(net, task="t2", node="n3", spec=net.node("relu1").spec, inputs=["conv1"])
+    net = rw.widen(net, node="conv1", k=2, task="t1")
+    return rw.reroute(net, task="t1", node="relu2", to="n3")
+
+
+def test_widen_follows_each_tasks_own_input_through_a_shared_pass_node():
+    # conv1's new channels reach n3 along t2's edge, but t1 enters n3 from conv2: they must not
+    # flow on along t1's edge n3 -> pool2 to fc1 (t1's fc1 would expect columns it never gets).
+    net = _rerouted_through_another_tasks_relu()
+    grown = check(rw.widen(net, node="conv1", k=2, task="t1"))
+    assert grown.effective_spec("t1", "conv2").in_ch == 4 + 2 + 2
+    assert grown.effective_spec("t1", "fc1") == net.effective_spec("t1", "fc1")
+    store = ParamStore(seed=0).realize(grown)
+    from jointnet.execution import compile_net
+
+    assert compile_net(grown, store, "t1")(torch.zeros(2, 1, 8, 8)).shape == (2, 2)
+
+
+def test_widen_refuses_a_node_other_tasks_carry_the_channels_to_but_the_owner_does_not():
+    # t2 goes on from n3 by its own pools into pool2, flatten1 and fc1 (shared with t1): conv1's
+    # new channels reach fc1 along t2's edges while t1 feeds fc1 from a path without them.
+    net = _rerouted_through_another_tasks_relu()
+    spec = net.node
+    net = rw.add_node(net, task="t2", node="p", spec=spec("pool1").spec, inputs=["n3"])
+    net = rw.add_node(net, task="t2", node="q", spec=spec("pool1").spec, inputs=["p"])
+    net = rw.reroute(net, task="t2", node="q", to="pool2")
+    net = rw.add_node(net, task="t2", node="f", spec=spec("flatten1").spec, inputs=["pool2"])
+    net = rw.reroute(net, task="t2", node="f", to="flatten1")
+    net = rw.add_node(net, task="t2", node="l", spec=spec("fc1").spec, inputs=["flatten1"])
+    net = rw.reroute(net, task="t2", node="l", to="fc1")
+    with pytest.raises(RewriteError, match=r"reach 'fc1' along other tasks' edges, but task 't1' feeds it from "
+                                           r"\['flatten1'\]"):
+        rw.widen(net, node="conv1", k=2, task="t1")

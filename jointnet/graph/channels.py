@@ -46,39 +46,54 @@ def _reach(d: Draft, producers: list[str], task: str) -> list[tuple[str, str, in
     """Where new output channels of `producers` flow: (node, how, factor) in visiting order,
     how = ``consume`` (input columns grow) or ``follow`` (per-channel parameters grow).
 
-    Raises a RewriteError naming the node where growth cannot pass, or an Add whose inputs do
-    not all carry the channels.
+    Channels leave a producer along every edge, and leave a pass-through or per-channel node
+    only along the edges of tasks that entered it from a carrier: a node that two tasks enter
+    from different inputs passes on, for each, what that task feeds it (a ReLU another task
+    reaches from elsewhere does not carry this task's channels on).
+
+    Raises a RewriteError naming the node where growth cannot pass, an Add whose inputs do not
+    all carry the channels, or a node the channels reach along other tasks' edges while `task`
+    feeds it from something that does not carry them (channel groups are visible per task).
     """
     out: list[tuple[str, str, int]] = []
-    carriers = set(producers)
+    carry: dict[str, set[str]] = {p: set(d.tasks) for p in producers}  # node -> tasks carrying them
+    factors: dict[str, int] = {}
+    order: list[str] = []
     stack = [(w, 1, p) for p in producers for w in reversed(list(d.g._succ[p]))]
-    seen: set[str] = set()
     merges: list[str] = []
     while stack:
-        n, factor, came_from = stack.pop()
-        rule = d.node(n).spec.channels
-        if rule == "merge":
-            merges.append(n)
-        if n in seen:
+        n, factor, u = stack.pop()
+        tasks = carry[u] & d.g._succ[u][n]["tasks"]
+        if not tasks or tasks <= carry.get(n, set()):
             continue
-        seen.add(n)
-        succ = [(w, factor, n) for w in reversed(list(d.g._succ[n]))]
+        first = n not in carry
+        carry.setdefault(n, set()).update(tasks)
+        rule = d.node(n).spec.channels
+        if first:
+            order.append(n)
+            factors[n] = factor
+            if rule == "merge":
+                merges.append(n)
         if rule in ("produce", "consume"):
-            out.append((n, "consume", factor))
-        elif rule == "follow":
-            out.append((n, "follow", factor))
-            carriers.add(n)
-            stack.extend(succ)
-        elif rule == "pass" or rule == "merge":
-            carriers.add(n)
-            stack.extend(succ)
-        elif rule == "flatten":
-            carriers.add(n)
-            stack.extend((w, factor * _flat_factor(d, n), n) for w, _, _ in succ)
-        else:
+            continue
+        if rule == "flatten":
+            factor = factor * _flat_factor(d, n) if first else factor
+        elif rule not in ("follow", "pass", "merge"):
             raise d.error(f"cannot widen through {n!r} ({d.node(n).kind}): channel growth cannot pass it")
+        stack.extend((w, factor, n) for w in reversed(list(d.g._succ[n])))
+    for n in order:
+        rule = d.node(n).spec.channels
+        if rule in ("produce", "consume", "follow") and task in d.base.users(n) and task not in carry[n]:
+            feeds = d.view().inputs_of(n, task)
+            raise d.error(f"the new channels reach {n!r} along other tasks' edges, but task {task!r} feeds it "
+                          f"from {feeds} (not carrying them); channel groups are visible per task, not per "
+                          f"path: widen before rerouting {task!r} there")
+        if rule in ("produce", "consume"):
+            out.append((n, "consume", factors[n]))
+        elif rule == "follow":
+            out.append((n, "follow", factors[n]))
     for m in dict.fromkeys(merges):
-        missing = [u for u in d.view().inputs_of(m, task) if u not in carriers]
+        missing = [u for u in d.view().inputs_of(m, task) if u not in carry]
         if missing:
             raise d.error(f"{m!r} ({d.node(m).kind}) also adds {missing}, which would not carry the new "
                           f"channels; widen the producers of every input of {m!r} together (node=[...])")
