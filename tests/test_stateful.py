@@ -626,8 +626,13 @@ class JointNetMachine(RuleBasedStateMachine):
                  and m in self.net.route(t) and self.net.group_visible(t, g)}
         specs = {(u, m): self.net.effective_spec(u, m) for u in self.net.tasks if u not in seers
                  for m in self.net.route(u)}
+        # A task added after the group grew may hold its channels as plain columns (a head or
+        # node added for it since): compact is then refused, never left mis-sized.
+        later = seers - {g.owner}
         new = self._apply(rw.compact, group=g.id, keep=keep, acted=tuple(seers),
-                          expect="nochange" if len(keep) == g.size else "change")
+                          expect="nochange" if len(keep) == g.size else "any" if later else "change")
+        if new is None:
+            return
         holders = [m for m in new.nodes if any(x.id == g.id for x in new.node(m).out_groups)]
         if not keep:
             assert not holders
@@ -1095,3 +1100,18 @@ def test_widen_refuses_a_node_other_tasks_carry_the_channels_to_but_the_owner_do
     with pytest.raises(RewriteError, match=r"reach 'fc1' along other tasks' edges, but task 't1' feeds it from "
                                            r"\['flatten1'\]"):
         rw.widen(net, node="conv1", k=2, task="t1")
+
+
+def test_compact_refuses_to_leave_a_later_task_mis_sized():
+    from jointnet import backbones
+
+    net = backbones.build(backbones.mlp(4, [8]), task="t1", n_classes=2)
+    net = rw.widen(net, node="fc1", k=2, task="t1")
+    gid = net.node("fc1").out_groups[-1].id
+    check(rw.compact(net, group=gid, keep=[1]))  # only t1 sees the group: fine
+    # t2, added later, sees the group; its head takes fc1's 10 features as plain columns
+    later = rw.add_head(rw.bind(rw.add_task(net, task="t2"), task="t2", to="t1"), task="t2", n_classes=2)
+    assert later.effective_spec("t2", "head.t2").in_f == 10
+    with pytest.raises(RewriteError, match=r"compacting group .* would break task 't2' \(node 'head.t2' on the "
+                                           r"route of task 't2': Head\(10->2\) expects input \(10,\), got \(9,\)\)"):
+        rw.compact(later, group=gid, keep=[1])

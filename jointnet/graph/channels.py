@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from jointnet.errors import SpecError
+from jointnet.errors import RewriteError, SpecError
 from jointnet.graph.draft import NO_CHANGE, Draft, rewrite
 from jointnet.graph.names import MAX_DIM, check_float, check_key
 from jointnet.graph.net import MASK_TRANSFORMS, Group, Init, Mask, Node, OwnerMap, Param
@@ -265,9 +265,15 @@ def compact(d: Draft, /, *, group: str, keep: list[int]) -> None:
         if any(g.id == group for g in nd.out_groups):
             nd = _shrink(d, nd, group, "out", keep)
         d.set_node(nd)
-    owner = next(g.owner for _, nd in holders for g in nd.out_groups if g.id == group)
-    if owner in d.tasks:
-        d.check_task(owner)
+    grp = next(g for _, nd in holders for g in nd.out_groups if g.id == group)
+    for t in d.tasks:  # every task that sees the group must still shape-check
+        if t == grp.owner or d.tasks[t].added_at > grp.created_at:
+            try:
+                d.check_task(t)
+            except RewriteError as e:
+                raise d.error(f"compacting group {group!r} would break task {t!r} ({e.reason}); "
+                              f"a node added for {t!r} after the group grew takes its channels as plain "
+                              "columns, which compact cannot shrink") from None
 
 
 # ---- masks and owners -----------------------------------------------------------------------------
