@@ -16,8 +16,9 @@ Streams (``--streams``, default both), per task (``train / val / test`` images):
   from the training set, 10% held out for validation: **1800 / 200 / 1000** (``--n-test``).
 - ``similar-fmnist`` (similar; `jointnet.experiments.streams.similar`): ``--similar-tasks`` (10)
   10-way tasks on disjoint shards, one writer each; ``--similar-train`` (1125) images drawn per
-  task, 20% held out for validation: **900 / 225 / 1000** (the 900 training images of the earlier
-  1000-drawn-at-10% setting, with validation raised from 100 to the protocol's >= 200).
+  task, 20% held out for validation: **900 / 225 / 1000** (as many training images as the earlier
+  1000-drawn-at-10% setting, but not the same ones: each task's shard is drawn after the previous
+  tasks', so the shards shift; validation raised from 100 to the protocol's >= 200).
 
 ``--val-fraction`` sets one validation share for both streams instead. Every stream is refused
 when a task has fewer than 200 validation images (`protocol.MIN_VAL`); ``--quick`` lowers that
