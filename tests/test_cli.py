@@ -80,9 +80,9 @@ def test_inspect_after_growth(capsys, snaps):
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     assert "cloned_from=fc1" in lines["fc1.t2"] and "groups=t2:+2" in lines["fc1.t2"]
     assert "policy[t2]=frozen" in lines["relu1"]
-    # t1: fc1 40 + head.t1 18 = 58; t2: fc1.t2 (10x4 + 10 = 50) + head.t2 (3x10 + 3 = 33) + the
-    # 2 input columns widen grew on head.t1 too, owned by t2 and unseen by t1 (2x2 = 4) = 87
-    assert "parameters: total 145, shared 0, owned t1=58, t2=87" in out
+    # t1: fc1 40 + head.t1 18 = 58; t2: fc1.t2 (10x4 + 10 = 50) + head.t2 (3x10 + 3 = 33) = 83.
+    # head.t1 gains no columns: t1 enters relu1 from fc1, which does not carry fc1.t2's channels.
+    assert "parameters: total 141, shared 0, owned t1=58, t2=83" in out
     assert "  {t1,t2} (2 tasks): input, relu1" in out
     assert "one task only: 2 task(s) with 2 node(s) of their own (e.g. t1: fc1, head.t1)" in out
 
@@ -93,7 +93,7 @@ def test_inspect_json(capsys, snaps):
     data = json.loads(out)
     assert data["version"] == snaps.net_b.version
     assert [t["name"] for t in data["tasks"]] == ["t1", "t2"]
-    assert data["params"]["total"] == 145 and data["params"]["owned"] == {"t1": 58, "t2": 87}
+    assert data["params"]["total"] == 141 and data["params"]["owned"] == {"t1": 58, "t2": 83}
     assert data["sharing"] == [{"tasks": ["t1", "t2"], "nodes": ["relu1"]}]
     nodes = {n["id"]: n for n in data["nodes"]}
     assert nodes["fc1.t2"]["users"] == ["t2"]
@@ -137,7 +137,7 @@ def test_diff(capsys, snaps):
     assert "+ fc1.t2  Linear(4->10)  users={t2}" in out
     assert "fc1  {t1,t2} -> {t1}" in out
     assert "relu1 [t2]  default -> frozen" in out
-    assert "owned: t1 +40, t2 +60" in out
+    assert "owned: t1 +40, t2 +56" in out
     assert "tensors: 1 of 6 shared tensors moved" in out
     assert f"{snaps.moved}  l2=5  max_abs=4" in out
 
@@ -149,7 +149,7 @@ def test_diff_json(capsys, snaps):
     assert d["empty"] is False
     assert list(d["nodes_added"]) == ["fc1.t2"]
     assert d["ownership"]["fc1"] == {"a": ["t1", "t2"], "b": ["t1"]}
-    assert d["params_added"] == {"t1": 40, "t2": 60}
+    assert d["params_added"] == {"t1": 40, "t2": 56}
     assert d["policy"] == [{"task": "t2", "node": "relu1", "before": None,
                             "after": {"frozen": True, "lr_scale": 1.0}}]
     moved = {k: v for k, v in d["tensors"].items() if v["l2"]}

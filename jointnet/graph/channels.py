@@ -92,8 +92,9 @@ def _reach(d: Draft, producers: list[str], task: str) -> list[tuple[str, str, in
             out.append((n, "consume", factors[n]))
         elif rule == "follow":
             out.append((n, "follow", factors[n]))
+    passing = set(producers) | {n for n in order if d.node(n).spec.channels not in ("produce", "consume")}
     for m in dict.fromkeys(merges):
-        missing = [u for u in d.view().inputs_of(m, task) if u not in carry]
+        missing = [u for u in d.view().inputs_of(m, task) if u not in passing]
         if missing:
             raise d.error(f"{m!r} ({d.node(m).kind}) also adds {missing}, which would not carry the new "
                           f"channels; widen the producers of every input of {m!r} together (node=[...])")
