@@ -1115,3 +1115,23 @@ def test_compact_refuses_to_leave_a_later_task_mis_sized():
     with pytest.raises(RewriteError, match=r"compacting group .* would break task 't2' \(node 'head.t2' on the "
                                            r"route of task 't2': Head\(10->2\) expects input \(10,\), got \(9,\)\)"):
         rw.compact(later, group=gid, keep=[1])
+
+
+def test_widen_multiplies_by_hw_at_a_flatten_however_often_it_is_reached():
+    # conv2's new channels reach flatten1 twice: along t0's / t1's edges (relu2 -> pool2) and
+    # along t2's own (n3 -> p3); each consumer behind it grows k * H * W input columns.
+    from jointnet import backbones
+
+    net = backbones.build(backbones.small_conv((1, 8, 8), widths=(4, 4), hidden=6), task="t0", n_classes=2)
+    net = rw.add_head(rw.bind(rw.add_task(net, task="t1"), task="t1", to="t0"), task="t1", n_classes=2)
+    net = rw.route_through(rw.add_task(net, task="t2"), task="t2", like="t0", upto=["conv2"])
+    spec = net.node
+    net = rw.add_node(net, task="t2", node="n3", spec=spec("relu2").spec, inputs=["conv2"])
+    net = rw.add_node(net, task="t2", node="p3", spec=spec("pool2").spec, inputs=["n3"])
+    net = rw.add_node(net, task="t2", node="f3", spec=spec("flatten1").spec, inputs=["p3"])
+    net = rw.reroute(net, task="t2", node="f3", to="flatten1")
+    net = rw.add_node(net, task="t2", node="alt", spec=spec("fc1").spec, inputs=["flatten1"])
+    grown = check(rw.widen(net, node="conv2", k=2, task="t0"))
+    for n in ("fc1", "alt"):
+        assert grown.node(n).in_groups[-1].size == 2 * 2 * 2, n  # k x (2 x 2 after pool2)
+    assert grown.effective_spec("t0", "fc1").in_f == (4 + 2) * 4

@@ -77,7 +77,7 @@ def _reach(d: Draft, producers: list[str], task: str) -> list[tuple[str, str, in
         if rule in ("produce", "consume"):
             continue
         if rule == "flatten":
-            factor = factor * _flat_factor(d, n) if first else factor
+            factor = factor * _flat_factor(d, n)
         elif rule not in ("follow", "pass", "merge"):
             raise d.error(f"cannot widen through {n!r} ({d.node(n).kind}): channel growth cannot pass it")
         stack.extend((w, factor, n) for w in reversed(list(d.g._succ[n])))
