@@ -371,6 +371,8 @@ def checks(args, grid: dict) -> None:
         paths = ", ".join(f"{p} x{joined.count(p)}" for p in sorted(set(joined))) or "none"
         afj = f"{statistics.fmean(af_joined):+.4f}" if af_joined else "–"
         print(f"| {stream} | {alone} | {unchanged} | {paths} | {afj} |")
+    if not any(label == "independent" for _, label, _ in grid):  # nothing to compare with
+        return
     print("\n(v) PAR's AP and size against independent nets (mean over the seeds both finished; difference "
           "paired by seed, Student-t 95% CI)\n")
     print("| stream | n | PAR AP | independent AP | PAR - independent [95% CI] | PAR >= independent | PAR params "
