@@ -81,7 +81,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.protocol import METRICS, SEEDS, Arm, Metric, Run, by_seed, fmt_ci, run_grid, table  # noqa: E402
+from benchmarks.protocol import (  # noqa: E402
+    METRICS, SEEDS, Arm, Metric, Run, by_seed, finished, fmt_ci, run_grid, table,
+)
 from jointnet import backbones  # noqa: E402
 from jointnet.errors import JointNetError  # noqa: E402
 from jointnet.experiments.stats import paired  # noqa: E402
@@ -193,11 +195,6 @@ def metrics(full: int, n_tasks: int) -> list:
         Metric("time (s)", lambda r, _: float(sum(r.result["wall_time"])), ".0f", paired=False),
         METRICS["cpu"],
     ]
-
-
-def finished(seeds: dict[int, dict[str, Run]], label: str) -> dict[int, Run]:
-    """`label`'s finished (not failed) runs by seed."""
-    return {s: runs[label] for s, runs in sorted(seeds.items()) if label in runs and not runs[label].failed}
 
 
 def failed_note(seeds: dict[int, dict[str, Run]], label: str) -> str:

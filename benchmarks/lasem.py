@@ -105,7 +105,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import header  # noqa: E402
 from benchmarks.protocol import (  # noqa: E402
-    SEEDS, Arm, Metric, Run, by_seed, fmt_ci, fmt_summary, run_cell, run_grid, table,
+    SEEDS, Arm, Metric, Run, by_seed, finished, fmt_ci, fmt_summary, run_cell, run_grid, table,
 )
 from jointnet.execution import Context, ParamStore, compile_net  # noqa: E402
 from jointnet.execution.optim import train_plan  # noqa: E402
@@ -233,12 +233,6 @@ def locked(run: Run) -> list[bool]:
     return list(_locked(str(run.dir / f"snapshot-{n - 1}.jn")))
 
 
-def ok(grid: dict, key: str, label: str) -> dict[int, Run]:
-    """``{seed: Run}`` of the finished (not failed) cells of `label` on stream `key`."""
-    return {seed: runs[label] for seed, runs in sorted(by_seed(grid, key).items())
-            if label in runs and not runs[label].failed}
-
-
 def task_ratio(a: Run, s: Run, what: str = "cpu") -> float:
     """Mean over tasks of `a`'s seconds / `s`'s (``cpu``: CPU seconds, ``wall``: wall seconds)."""
     xa, xs = (a.cpu, s.cpu) if what == "cpu" else (a.result["wall_time"], s.result["wall_time"])
@@ -289,7 +283,7 @@ def print_accuracy(grid: dict, key: str, labels: list[str]) -> None:
     for label in labels:
         if not label.startswith("LASEM"):
             continue
-        runs = ok(grid, key, label)
+        runs = finished(by_seed(grid, key), label)
         per_seed = [masks(r) for r in runs.values()]
         ms = [m for seed in per_seed for m in seed]
         still = [x for r in runs.values() for x in locked(r)]
@@ -306,7 +300,7 @@ def print_task_cost(grid: dict, keys: list[str], what: str = "cpu") -> None:
         for variant in ("",) + tuple(f" (settle={k})" for k in SETTLE):
             cells = []
             for b in BASES:
-                lasem, static = ok(grid, key, f"LASEM-{b.upper()}{variant}"), ok(grid, key, f"{b.upper()} all")
+                lasem, static = finished(by_seed(grid, key), f"LASEM-{b.upper()}{variant}"), finished(by_seed(grid, key), f"{b.upper()} all")
                 ratios = [task_ratio(lasem[s], static[s], what) for s in sorted(set(lasem) & set(static))]
                 cells.append(fmt(ratios, ".2f") + "x" if ratios else "-")
             if variant and cells.count("-") == len(cells):
@@ -328,9 +322,9 @@ def print_settle(grid: dict, keys: list[str], what: str = "cpu") -> None:
     rows = []
     for key in keys:
         for b in BASES:
-            full, static = ok(grid, key, f"LASEM-{b.upper()}"), ok(grid, key, f"{b.upper()} all")
+            full, static = finished(by_seed(grid, key), f"LASEM-{b.upper()}"), finished(by_seed(grid, key), f"{b.upper()} all")
             for k in SETTLE:
-                rs = ok(grid, key, f"LASEM-{b.upper()} (settle={k})")
+                rs = finished(by_seed(grid, key), f"LASEM-{b.upper()} (settle={k})")
                 if not rs:
                     continue
                 same = [m == f for s in sorted(set(rs) & set(full)) for m, f in zip(masks(rs[s]), masks(full[s]))]
@@ -361,16 +355,16 @@ def print_summary(grid: dict, keys: list[str]) -> None:
         lines = []
         for variant in VARIANTS:
             for b in BASES:
-                rs = ok(grid, key, f"LASEM-{b.upper()}{variant}")
+                rs = finished(by_seed(grid, key), f"LASEM-{b.upper()}{variant}")
                 if not rs:
                     continue
                 ap = ap_of(rs)
-                statics = {s: ap_of(ok(grid, key, f"{b.upper()} {s}")) for s in STATIC}
+                statics = {s: ap_of(finished(by_seed(grid, key), f"{b.upper()} {s}")) for s in STATIC}
                 statics = {s: v for s, v in statics.items() if v}
                 best = max(statics, key=lambda s: statistics.fmean(statics[s].values())) if statics else None
                 cells = [fmt_paired(ap, statics["all"]) if "all" in statics else "-",
                          f"{fmt_paired(ap, statics[best])} ({best})" if best else "-"]
-                cells += [fmt_paired(ap, ap_of(ok(grid, key, ref))) for ref in ("independent", "finetune")]
+                cells += [fmt_paired(ap, ap_of(finished(by_seed(grid, key), ref))) for ref in ("independent", "finetune")]
                 lines.append(f"| {b.upper()}{variant} | {fmt(ap.values())} | " + " | ".join(cells)
                              + f" | {fmt(forgetting_ratio(r) for r in rs.values())} |")
         if not lines:
@@ -533,7 +527,7 @@ def bench_brute(args, out: Path) -> None:
     registered, opts = stream_spec("lowlevel-fmnist", args.per_class, args.synthetic)
     grid = run_grid(brute_arms(), {key: opts}, out=out, seeds=args.seeds, config=config(args), snapshots=SNAPSHOTS,
                     stream_names={key: registered}, echo=lambda m: print(m, file=sys.stderr, flush=True))
-    brute = ok(grid, key, BRUTE)
+    brute = finished(by_seed(grid, key), BRUTE)
 
     def per_brute(r: Run, _runs) -> float | None:
         b = brute.get(r.seed)
@@ -545,7 +539,7 @@ def bench_brute(args, out: Path) -> None:
     print(f"\n### LASEM-HPS against brute force on {key} ({len(by_seed(grid, key))} seeds; Δ against brute force, "
           "paired)\n")
     print(table(grid, key, control=BRUTE, metrics=metrics, labels=["LASEM-HPS", BRUTE]))
-    lasem = ok(grid, key, "LASEM-HPS")
+    lasem = finished(by_seed(grid, key), "LASEM-HPS")
     print("\n| seed | LASEM-HPS masks | brute-force masks |")
     print("|---|---|---|")
     for seed in args.seeds:

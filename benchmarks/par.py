@@ -84,7 +84,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import header  # noqa: E402
-from benchmarks.protocol import METRICS, SEEDS, Arm, Metric, Run, by_seed, run_grid, table  # noqa: E402
+from benchmarks.protocol import (  # noqa: E402
+    METRICS, SEEDS, Arm, Metric, Run, by_seed, finished, run_grid, table,
+)
 from jointnet.errors import JointNetError  # noqa: E402
 from jointnet.experiments.stats import paired  # noqa: E402
 from jointnet.experiments.streams import get_stream  # noqa: E402
@@ -283,9 +285,10 @@ def main(argv=None) -> int:
 
 
 def _par_runs(grid: dict, stream: str, seeds: list[int], label: str = "par") -> tuple[list[Run], int]:
-    """The finished runs of arm `label` on `stream`, in seed order, and how many failed."""
-    runs = [grid[(stream, label, s)] for s in seeds if (stream, label, s) in grid]
-    return [r for r in runs if not r.failed], sum(1 for r in runs if r.failed)
+    """The finished runs of arm `label` on `stream` among `seeds`, in seed order, and how many failed."""
+    ran = [s for s in seeds if (stream, label, s) in grid]
+    done = [r for s, r in finished(by_seed(grid, stream), label).items() if s in ran]
+    return done, len(ran) - len(done)
 
 
 def replay_counts(raw: list[list[float]], alpha: float, beta: float) -> tuple[int, int]:

@@ -59,7 +59,7 @@ from jointnet.persistence.views import param_counts
 
 __all__ = [
     "SEEDS", "MIN_VAL", "Arm", "Run", "Metric", "METRICS", "run_grid", "run_cell", "load_cell", "cell_dir",
-    "check_validation", "table", "fmt_summary", "fmt_ci", "by_seed",
+    "check_validation", "table", "fmt_summary", "fmt_ci", "by_seed", "finished", "values", "failures",
 ]
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -367,14 +367,34 @@ def by_seed(grid: Mapping[tuple[str, str, int], Run], stream: str) -> dict[int, 
     return out
 
 
-def _values(metric: Metric, seeds: Mapping[int, Mapping[str, Run]], label: str) -> dict[int, float]:
+def finished(seeds: Mapping[int, Mapping[str, Run]], label: str) -> dict[int, Run]:
+    """``{seed: Run}`` of arm `label`'s finished (not failed) cells in `seeds` (`by_seed` of one
+    stream), in seed order."""
+    return {seed: runs[label] for seed, runs in sorted(seeds.items()) if label in runs and not runs[label].failed}
+
+
+def values(grid: Mapping[tuple[str, str, int], Run], stream: str, label: str, metric: Metric | str) -> dict[int, float]:
+    """``{seed: value}`` of `metric` for arm `label` on `stream`, over the seeds it finished
+    (a value that is None or not finite is left out)."""
+    m = METRICS[metric] if isinstance(metric, str) else metric
+    seeds = by_seed(grid, stream)
     out = {}
-    for seed, runs in sorted(seeds.items()):
-        if label in runs and not runs[label].failed:
-            v = metric.value(runs[label], runs)
-            if v is not None and math.isfinite(v):
-                out[seed] = float(v)
+    for seed, run in finished(seeds, label).items():
+        v = m.value(run, seeds[seed])
+        if v is not None and math.isfinite(v):
+            out[seed] = float(v)
     return out
+
+
+def failures(grid: Mapping[tuple[str, str, int], Run], stream: str, labels: Iterable[str]) -> list[str]:
+    """One line per arm with failed cells on `stream`: its seeds and their reasons."""
+    lines = []
+    for label in labels:
+        bad = [f"seed {seed}: {runs[label].failed}" for seed, runs in sorted(by_seed(grid, stream).items())
+               if label in runs and runs[label].failed]
+        if bad:
+            lines.append(f"Failed runs, {label}: " + "; ".join(bad))
+    return lines
 
 
 def table(grid: Mapping[tuple[str, str, int], Run], stream: str, *, control: str,
@@ -399,11 +419,11 @@ def table(grid: Mapping[tuple[str, str, int], Run], stream: str, *, control: str
         cells = [f"{label} ({failed} of {ran} seeds failed)" if failed else label]
         n = 0
         for m in ms:
-            vals = _values(m, seeds, label)
+            vals = values(grid, stream, label, m)
             n = max(n, len(vals))
             cells.append(fmt_summary(summary(list(vals.values())), m.fmt) if vals else "-")
             if m.paired:
-                ref = _values(m, seeds, control)
+                ref = values(grid, stream, control, m)
                 common = sorted(set(vals) & set(ref))
                 if label == control or len(common) < 2:
                     cells.append("-")

@@ -68,7 +68,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.protocol import (  # noqa: E402
-    METRICS, MIN_VAL, SEEDS, Arm, Metric, Run, by_seed, fmt_summary, run_grid, table,
+    METRICS, MIN_VAL, SEEDS, Arm, Metric, Run, failures, fmt_summary, run_grid, table, values,
 )
 from jointnet.errors import JointNetError  # noqa: E402
 from jointnet.experiments.stats import paired, summary  # noqa: E402
@@ -173,28 +173,6 @@ COLUMNS: dict[str, Metric] = {
 }
 
 
-def per_seed(grid: Mapping, stream: str, label: str, metric: Metric) -> dict[int, float]:
-    """``{seed: value}`` of `metric` for arm `label` on `stream`, over the seeds it finished."""
-    out = {}
-    for seed, runs in sorted(by_seed(grid, stream).items()):
-        if label in runs and not runs[label].failed:
-            v = metric.value(runs[label], runs)
-            if v is not None:
-                out[seed] = float(v)
-    return out
-
-
-def failures(grid: Mapping, stream: str, labels: list[str]) -> list[str]:
-    """One line per arm with failed cells: the seeds and the reasons."""
-    lines = []
-    for label in labels:
-        bad = [f"seed {seed}: {runs[label].failed}" for seed, runs in sorted(by_seed(grid, stream).items())
-               if label in runs and runs[label].failed]
-        if bad:
-            lines.append(f"Failed runs, {label}: " + "; ".join(bad))
-    return lines
-
-
 # ---- the pruning probe ----------------------------------------------------------------------------
 
 PRUNE_CASES = [("nothing", 0.0)] + [(w, f) for f in (0.1, 0.2) for w in ("lowest", "random", "highest")]
@@ -252,15 +230,15 @@ def claims(grids: Mapping[str, Mapping]) -> str:
             checks.append(("SPG BWT above finetune's (dissimilar)", stream, "finetune (NCL)", "BWT"))
         checks.append((f"SPG ACC >= finetune's ({stream})", stream, "finetune (NCL)", "ACC"))
         if ewcs:
-            ewc = max(ewcs, key=lambda lb: summary(list(per_seed(grid, stream, lb, COLUMNS["ACC"]).values())).mean)
+            ewc = max(ewcs, key=lambda lb: summary(list(values(grid, stream, lb, COLUMNS["ACC"]).values())).mean)
             checks.append((f"SPG ACC >= the better EWC's, {ewc} ({stream})", stream, ewc, "ACC"))
         checks.append((f"SPG FWT >= HAT's ({stream})", stream, "HAT", "FWT"))
     if sim in grids:
         checks.append(("SPG ACC above HAT's (similar)", sim, "HAT", "ACC"))
     lines = ["| claim | holds | difference | n | per seed |", "|---|---|---|---|---|"]
     for text, stream, other, k in checks:
-        a = per_seed(grids[stream], stream, CONTROL, COLUMNS[k])
-        b = per_seed(grids[stream], stream, other, COLUMNS[k])
+        a = values(grids[stream], stream, CONTROL, COLUMNS[k])
+        b = values(grids[stream], stream, other, COLUMNS[k])
         common = sorted(set(a) & set(b))
         if not common:
             continue
@@ -271,8 +249,8 @@ def claims(grids: Mapping[str, Mapping]) -> str:
     for stream in (dis, sim):
         if stream not in grids:
             continue
-        a = list(per_seed(grids[stream], stream, CONTROL, COLUMNS["blocked"]).values())
-        b = list(per_seed(grids[stream], stream, "HAT", COLUMNS["blocked"]).values())
+        a = list(values(grids[stream], stream, CONTROL, COLUMNS["blocked"]).values())
+        b = list(values(grids[stream], stream, "HAT", COLUMNS["blocked"]).values())
         if a and b:
             ma, mb = summary(a).mean, summary(b).mean
             lines.append(f"| SPG blocked fraction far (10x) below HAT's ({stream}) | {'yes' if ma * 10 <= mb else 'no'} "
