@@ -237,6 +237,25 @@ def per_task_table(seeds, labels, n_tasks: int, value, fmt: str, head: str) -> s
     return "\n".join(lines)
 
 
+def stage_a_table(seeds: dict[int, dict[str, Run]], labels) -> str:
+    """GROWN's rule, per row: the validation accuracy after Stage A (what the rule compares),
+    the target, their gap and the accuracy after Stage B, over tasks 2..T of every finished seed,
+    and the share of fc1's old kernels the committed selective mask turns off."""
+    lines = ["| method | Stage A | target | target - Stage A, points: mean [min, max] | after Stage B "
+             "| m^s off, fc1 |", "|---|---|---|---|---|---|"]
+    for label in labels:
+        recs = [r for run in finished(seeds, label).values() for r in (records(run) or [])[1:]]
+        if not recs:
+            continue
+        gap = [100 * (r["target"] - r["stage_a_acc"]) for r in recs]
+        off = [1 - r["kept"]["fc1"]["selective"] for r in recs if "selective" in r.get("kept", {}).get("fc1", {})]
+        lines.append(f"| {label}{failed_note(seeds, label)} | {statistics.fmean(r['stage_a_acc'] for r in recs):.3f} "
+                     f"| {statistics.fmean(r['target'] for r in recs):.3f} | {statistics.fmean(gap):.1f} "
+                     f"[{min(gap):.1f}, {max(gap):.1f}] | {statistics.fmean(r['acc'] for r in recs):.3f} "
+                     f"| {f'{100 * statistics.fmean(off):.1f}%' if off else '-'} |")
+    return "\n".join(lines)
+
+
 def targets_table(seeds: dict[int, dict[str, Run]], labels, full: int) -> str:
     """The paper's targets per GROWN row (see the module docstring, table 5)."""
     ind = finished(seeds, "independent")
@@ -351,6 +370,10 @@ def main(argv=None) -> int:
         if grown_rows:
             print("Stage B over all seeds:\n")
             print(stage_b_table(seeds, grown_rows, n_tasks))
+            print("\nGROWN's rule, tasks 2..T of every seed (validation accuracy after Stage A, which the rule "
+                  "compares with the target: the better of Scratch and fine-tuning; after Stage B; m^s off: the "
+                  "share of fc1's old kernels the committed selective mask turns off):\n")
+            print(stage_a_table(seeds, grown_rows))
             print()
         print("Size after each task (x one backbone; mean over seeds):\n")
         print(per_task_table(seeds, args.rows, n_tasks, lambda r: sizes(r, full), ".2f", "{}"))

@@ -109,3 +109,17 @@ def test_targets_table_on_hand_computed_values():
     # H: differences 0 and -1 (n=2): mean -0.5, sd 0.7071, half width 12.7062 * 0.5 = 6.35
     assert rows[1] == ("| H (1 seed(s) failed) | no (max 1.400) | -0.50 [-6.85, +5.85] (n=2) | mean only | no "
                        "| no (max |BWT| 0.0100) |")
+
+
+def test_stage_a_table_on_hand_computed_records():
+    seeds = {}
+    for s, (a, t, f) in enumerate([((0.40, 0.50), (0.60, 0.60), (0.55, 0.57)), ((0.46, 0.52), (0.62, 0.62), (0.6, 0.6))]):
+        run = _run("G", s, 0.5, grew=[True, True])
+        for i, name in enumerate(("t2", "t3")):
+            run.annotations["tasks"][name]["grown"].update(
+                stage_a_acc=a[i], target=t[i], acc=f[i], kept={"fc1": {"selective": 0.9 + 0.02 * i + 0.01 * s}})
+        seeds[s] = {"G": run}
+    rows = bench.stage_a_table(seeds, ["G"]).splitlines()
+    # Stage A (0.40 + 0.50 + 0.46 + 0.52) / 4 = 0.47; target 0.61; gaps 20, 10, 16, 10 points:
+    # mean 14.0, [10.0, 20.0]; after Stage B 0.58; m^s off 1 - (0.90, 0.92, 0.91, 0.93) = 8.5%
+    assert rows[2] == "| G | 0.470 | 0.610 | 14.0 [10.0, 20.0] | 0.580 | 8.5% |"
