@@ -12,10 +12,12 @@ draw, and differences are compared seed by seed (paired 95% CIs,
   `RunSpec`, as `jointnet run` writes it) and ``result.json`` (accuracy matrix, metrics,
   parameter counts, wall and CPU seconds per task, the final net's annotations; with
   ``snapshots="last"`` / ``"every"`` the snapshot after the last / every task,
-  ``snapshot-I.jn`` for task index I, read back with `Run.load`). A cell whose directory holds a finished result is *reused* only after
-  its ``run.json`` is checked to equal the spec wanted now (strategy, every option, stream
-  options, train config, seed); a directory whose spec differs is never overwritten (the digest
-  in the name differs, so the changed cell reruns beside it). A run whose loss diverges
+  ``snapshot-I.jn`` for task index I, read back with `Run.load`). A cell whose directory holds
+  a finished result is *reused* only after its ``run.json`` is checked to equal the spec wanted
+  now (strategy, every option, stream options, train config, seed); a directory whose spec
+  differs is never overwritten (the digest in the name differs, so the changed cell reruns
+  beside it); a result that lacks what the tables read (CPU seconds, a snapshot asked for now)
+  is run again in place. A run whose loss diverges
   (`jointnet.errors.NonFiniteLoss`) is a *failed* cell: its one-line reason is recorded and
   reused like a result, tables leave it out and say how many seeds failed.
 - An arm's options may depend on earlier arms' runs of the same seed (`Arm.derive`: e.g. a
@@ -202,7 +204,9 @@ def load_cell(path: Path, spec: dict, snapshots: str = "none") -> dict | None:
         return None
     if not isinstance(result, dict) or result.get("format") != RESULT_FORMAT or not result.get("done"):
         return None
-    if result.get("failed") is None and not set(_kept(snapshots, len(result["matrix"]))) <= set(result["snapshots"]):
+    if result.get("failed") is None and (
+            "cpu_time" not in result  # written before CPU seconds were recorded: run it again
+            or not set(_kept(snapshots, len(result["matrix"]))) <= set(result.get("snapshots", []))):
         return None
     return result
 

@@ -139,3 +139,16 @@ def test_snapshots_cpu_time_and_failed_cells(tmp_path):
     assert again[("synthetic", "ft", 0)].reused and again[("synthetic", "ft", 0)].failed == bad.failed
     text = table(runs, "synthetic", control="ft", metrics=["AP"])
     assert "| ft (2 of 2 seeds failed) | 0 | - | - |" in text
+
+
+def test_a_result_without_cpu_seconds_is_run_again(tmp_path):
+    arms = _arms()[:1]
+    cell = run_grid(arms, {"synthetic": STREAM}, out=tmp_path, seeds=[0], config=CONFIG, min_val=4,
+                    echo=None)[("synthetic", "ft", 0)]
+    result = json.loads((cell.dir / "result.json").read_text())
+    del result["cpu_time"], result["snapshots"]  # as the protocol wrote them before it recorded CPU seconds
+    (cell.dir / "result.json").write_text(json.dumps(result))
+    again = run_grid(arms, {"synthetic": STREAM}, out=tmp_path, seeds=[0], config=CONFIG, min_val=4,
+                     echo=None)[("synthetic", "ft", 0)]
+    assert not again.reused and again.dir == cell.dir and len(again.cpu) == 2
+    assert again.matrix == cell.matrix
