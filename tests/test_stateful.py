@@ -123,6 +123,7 @@ class JointNetMachine(RuleBasedStateMachine):
         self.store = ParamStore(seed=0).realize(self.net)
         self.x = gen.probe(backbone.input_shape)
         self.history = [(self.net, self.net.version, self.net.structure())]
+        self.born = {n: self.net.version for n in self.net.nodes}  # node -> version that added it
         route = self.net.route("t1")
         assert route[0] == "input" and route[-1] == "head.t1"
         # The reference model: per task its route edges, input and head; the node set.
@@ -211,6 +212,7 @@ class JointNetMachine(RuleBasedStateMachine):
         inv.assert_outputs_equal(out_before, out_after, others, f"{name}({kwargs})")
         self.net = new
         self.history.append((new, new.version, new.structure()))
+        self.born.update({n: new.version for n in set(new.nodes) - set(before.nodes)})
         self._out_before = out_before
         return new
 
@@ -629,11 +631,14 @@ class JointNetMachine(RuleBasedStateMachine):
                  and m in self.net.route(t) and self.net.group_visible(t, g)}
         specs = {(u, m): self.net.effective_spec(u, m) for u in self.net.tasks if u not in seers
                  for m in self.net.route(u)}
-        # A task added after the group grew may hold its channels as plain columns (a head or
-        # node added for it since): compact is then refused, never left mis-sized.
-        later = seers - {g.owner}
+        # A node added after the group grew, on the route of a task that sees the group, takes
+        # its channels as plain columns (a head closing the owner's route, a later task's node):
+        # compact is then refused, never left mis-sized.
+        late = any(self.born.get(m, 0) > g.created_at and self.net.node(m).spec.channels != "pass" and not any(
+            x.id == g.id for x in self.net.node(m).out_groups + self.net.node(m).in_groups)
+            for u in seers for m in self.net.route(u))
         new = self._apply(rw.compact, group=g.id, keep=keep, acted=tuple(seers),
-                          expect="nochange" if len(keep) == g.size else "any" if later else "change")
+                          expect="nochange" if len(keep) == g.size else "any" if late else "change")
         if new is None:
             return
         holders = [m for m in new.nodes if any(x.id == g.id for x in new.node(m).out_groups)]
