@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 from jointnet.execution.compile import compile_net
+from jointnet.experiments.options import json_safe
 from jointnet.experiments.strategy import TaskRun, scratch_net
 from jointnet.experiments.trainer import accuracy, train_task
 from jointnet.graph.net import JointNet
@@ -47,16 +48,8 @@ def reference_key(run: TaskRun, layers: list, kind: str, index: int, split: str)
     cfg = {k: v for k, v in attrs.asdict(run.config).items() if k not in _CONFIG_SKIP}
     first = index if kind == "scratch" else 0
     tasks = [_fingerprint(run.stream.tasks[i]) for i in range(first, index + 1)]
-    blob = json.dumps([kind, run.stream.name, run.seed, tasks, _plain(layers), cfg, split], sort_keys=True)
+    blob = json.dumps([kind, run.stream.name, run.seed, tasks, json_safe(layers), cfg, split], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
 
 
 def _read_cache(cache_dir: str | None) -> dict:

@@ -44,12 +44,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import attrs
 import torch
 from attrs import validators as v
 
+from jointnet.experiments.options import json_safe
 from jointnet.experiments.strategy import TaskRun
 from jointnet.experiments.trainer import TrainConfig, torch_threads
 from jointnet.graph import annotate
@@ -110,8 +110,8 @@ class LasemBrute(Lasem):
             spec = BruteSpec(
                 journal=str(folder / "journal.log"), study="", folder=str(folder), pre="", learner=self.learner,
                 options=self.static_options(), stream=run.stream.name, stream_seed=run.stream.seed,
-                stream_options=_plain(dict(run.stream.options)), index=run.index, seed=run.seed,
-                config=_plain(attrs.asdict(run.config)), masks=masks,
+                stream_options=json_safe(dict(run.stream.options)), index=run.index, seed=run.seed,
+                config=json_safe(attrs.asdict(run.config)), masks=masks,
             )
             study = f"{run.stream.name}-seed{run.seed}-{run.index:02d}-{task.name}-{spec.digest()}"
             spec = attrs.evolve(spec, study=study, pre=str(folder / f"pre-{study}.jn"))
@@ -155,14 +155,6 @@ class LasemBrute(Lasem):
         codes = trials.run_workers("strategies.lasem_brute", argvs, show_output=run.echo is not None)
         if any(codes):
             raise run.error(f"brute-force workers failed with exit codes {codes}")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(x) for k, x in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(x) for x in value]
-    return value
 
 
 @attrs.define
